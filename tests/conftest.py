@@ -1,0 +1,23 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NBS = ROOT / "nbs"
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("WORKBENCH_PROGRESS", "off")
+
+
+@pytest.fixture
+def isolated_settings(tmp_path, monkeypatch):
+    "Point every settings layer at temporary files so a test sees only what it writes."
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "settings.ini").write_text("[workbench]\nruns_dir = runs\nweights_dir = weights\ndata_root = data\n")
+    monkeypatch.setenv("WORKBENCH_SETTINGS_FILE", str(proj / "settings.ini"))
+    monkeypatch.setenv("WORKBENCH_USER_SETTINGS", str(tmp_path / "user" / "settings.ini"))
+    for k in ["DATA_ROOT", "WEIGHTS_DIR", "RUNS_DIR", "DEVICE", "PROFILE", "SEED", "NUM_WORKERS", "ALLOW_DOWNLOAD"]:
+        monkeypatch.delenv(f"WORKBENCH_{k}", raising=False)
+    return proj
