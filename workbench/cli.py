@@ -26,13 +26,9 @@ def cmd_settings(args) -> int:
     return 0
 
 def cmd_models(args) -> int:
-    "List known model names and whether their weights are in the weights cache."
-    from workbench.registry import known_models
-    rows = known_models()
-    w = max(len(m.name) for m in rows)
-    for m in rows:
-        state = "present" if m.weights_present else ("no weights needed" if m.expected_path is None else "missing")
-        _out(f"{m.name:<{w}}  {state:<8}  {m.description}")
+    "List known model names, whether their weights are in the weights cache, and where each file goes."
+    from workbench.registry import known_models, format_models
+    _out(format_models(known_models()))
     return 0
 
 def _fmt_default(p: dict) -> str:
@@ -68,12 +64,10 @@ def cmd_run(args) -> int:
 
 def cmd_data_list(args) -> int:
     "Every dataset manifest with its status under the data root."
-    from workbench.datasets import load_manifests, dataset_status
-    root = Path(args.root) if args.root else load_settings().data_root
-    ms = load_manifests()
-    w = max(len(n) for n in ms)
-    for name, m in ms.items():
-        _out(f"{name:<{w}}  {dataset_status(m, root):<10}  {root / m.root}")
+    from workbench.datasets import list_datasets
+    rows = list_datasets(root=Path(args.root) if args.root else None)
+    w = max(len(r["name"]) for r in rows)
+    _out(*[f"{r['name']:<{w}}  {r['status']:<10}  {r['path']}  {r['title']}" for r in rows])
     return 0
 
 def cmd_data_verify(args) -> int:

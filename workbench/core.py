@@ -179,9 +179,10 @@ def progress(iterable=None, desc: str | None = None, total: int | None = None, *
     return tqdm(iterable, desc=desc, total=total, **kw)
 
 # %% ../nbs/00_core.ipynb #d61edf84
-def get_device(device: str | None = None):
-    "The torch device for `device` (auto|cpu|cuda; default: the `device` setting). Asking for cuda without one is an error."
+def get_device(device=None):
+    "The torch device for `device` (a torch.device, or auto|cpu|cuda; default: the `device` setting). Asking for cuda without one is an error."
     import torch
+    if isinstance(device, torch.device): return device
     device = device or load_settings().device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {device!r} asked for, but CUDA is not available here; valid: auto, cpu")
