@@ -6,6 +6,7 @@
 - Where CUDA is present, the training notebooks re-run in the full profile (marker `gpu`).
 """
 import json
+import math
 import subprocess
 import sys
 
@@ -22,9 +23,10 @@ LIBRARY = sorted(p.name for p in NBS.glob("*.ipynb") if p.stem not in RUNNABLE)
 METRIC_CHECKS = {
     "13_gallery": lambda m: m["n_images"] > 0,
     "25_tour": lambda m: m["layers_traced"] > 0 and m["hooks_left_after_exit"] == 0,
+    "26_train_aerial_gan": lambda m: m["steps"] > 0 and math.isfinite(m["g_loss_final"]) and m["checkpoint_mb"] > 0,
 }
 # Notebooks that train a model: re-run in the full profile where CUDA is present.
-TRAINING_NOTEBOOKS = []
+TRAINING_NOTEBOOKS = ["26_train_aerial_gan"]
 
 
 @pytest.mark.parametrize("name", LIBRARY)
