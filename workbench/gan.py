@@ -23,14 +23,18 @@ from .registry import register_model
 log = get_logger("gan")
 
 # %% auto #0
-__all__ = ['log', 'UpBlock', 'DCGANGenerator', 'aerial_gan', 'generator_adapter', 'Discriminator', 'GanHistory',
+__all__ = ['log', 'PixelNorm', 'UpBlock', 'DCGANGenerator', 'aerial_gan', 'generator_adapter', 'Discriminator', 'GanHistory',
            'render_training_set', 'train_gan', 'sample_grid']
 
 # %% ../nbs/24_gan.ipynb #798143f2
+class PixelNorm(nn.Module):
+    "Normalise each pixel's feature vector to unit mean square (ProGAN): no batch statistics, so EMA weights stay valid."
+    def forward(self, x): return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+
 class UpBlock(nn.Sequential):
-    "Transposed 4×4 convolution doubling the resolution, batch norm, ReLU."
+    "Transposed 4×4 convolution doubling the resolution, leaky ReLU, pixel norm."
     def __init__(self, cin: int, cout: int):
-        super().__init__(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=False))
+        super().__init__(nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2), PixelNorm())
 
 class DCGANGenerator(nn.Module):
     "z (B, z_dim) → image (B, 3, R, R) in [-1, 1]; channels at resolution r are min(channel_base / r, channel_max)."
@@ -39,7 +43,7 @@ class DCGANGenerator(nn.Module):
         if resolution not in (32, 64, 128, 256): raise InputError(f"resolution {resolution}: valid: 32, 64, 128, 256")
         self.z_dim, self.resolution = z_dim, resolution
         ch = lambda r: min(channel_base // r, channel_max)
-        self.input = nn.Sequential(nn.ConvTranspose2d(z_dim, ch(4), 4, 1, 0, bias=False), nn.BatchNorm2d(ch(4)), nn.ReLU())
+        self.input = nn.Sequential(PixelNorm(), nn.ConvTranspose2d(z_dim, ch(4), 4, 1, 0), nn.LeakyReLU(0.2), PixelNorm())
         res = [2 ** i for i in range(3, int(math.log2(resolution)))]
         self.blocks = nn.ModuleDict({f"b{r}": UpBlock(ch(r // 2), ch(r)) for r in res})
         self.torgb = nn.ConvTranspose2d(ch(res[-1]), 3, 4, 2, 1)
@@ -56,10 +60,10 @@ def aerial_gan(resolution: int = 64, z_dim: int = 64, channel_base: int = 4096, 
 register_model("wb:aerial-gan", description="DCGAN-family generator trained on the aerial world (nbs/26_train_aerial_gan)")(aerial_gan)
 
 def generator_adapter(G: nn.Module) -> GeneratorAdapter:
-    "The `GeneratorAdapter` of a generator module: StyleGAN2 or the workbench's own (units: each up-block's ReLU output)."
+    "The `GeneratorAdapter` of a generator module: StyleGAN2 or the workbench's own (units: each up-block's activation)."
     if isinstance(G, StyleGAN2Generator): return StyleGAN2Adapter(G)
     if isinstance(G, DCGANGenerator):
-        return TorchGenerator(G, G.z_dim, layers=[f"blocks.{k}.2" for k in G.blocks])
+        return TorchGenerator(G, G.z_dim, layers=[f"blocks.{k}.1" for k in G.blocks])
     raise InputError(f"no adapter for {type(G).__name__}; valid: StyleGAN2Generator, DCGANGenerator, or wrap it in TorchGenerator")
 
 # %% ../nbs/24_gan.ipynb #b6e66e45
