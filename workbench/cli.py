@@ -12,8 +12,8 @@ from pathlib import Path
 from .core import InputError, WorkbenchError, load_settings, setup_logging, get_logger
 
 # %% auto #0
-__all__ = ['cmd_settings', 'cmd_models', 'cmd_list', 'cmd_run', 'cmd_data_list', 'cmd_data_verify', 'cmd_data_synth',
-           'build_parser', 'main']
+__all__ = ['DEMO_NOTEBOOK', 'cmd_settings', 'cmd_models', 'cmd_list', 'cmd_run', 'cmd_demo', 'cmd_data_list', 'cmd_data_verify',
+           'cmd_data_synth', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #2b66b65e
 def _out(*lines): print(*lines, sep="\n")
@@ -62,6 +62,23 @@ def cmd_run(args) -> int:
     _out(f"run ok in {st['seconds']} s: {st['run_dir']}")
     return 0
 
+DEMO_NOTEBOOK = "32_generator_neurons"
+
+def cmd_demo(args) -> int:
+    "Run the headline pipeline's smoke profile on the aerial world and print its Table 1."
+    from workbench.runs import run_notebook, RunFailed
+    try:
+        st = run_notebook(DEMO_NOTEBOOK, profile="smoke", out=args.out, log_output=not args.quiet)
+    except RunFailed as e:
+        print(f"workbench: demo FAILED: {e.status.get('error')} (cell {e.status.get('cell_index')}); "
+              f"executed notebook kept in {e.status.get('run_dir')}", file=sys.stderr)
+        return 1
+    run_dir = Path(st["run_dir"])
+    table = run_dir / "table1.md"
+    if table.exists(): _out("", table.read_text().rstrip())
+    _out("", f"demo ok in {st['seconds']} s: {run_dir}  (report.html, metrics.json, figures/)")
+    return 0
+
 def cmd_data_list(args) -> int:
     "Every dataset manifest with its status under the data root."
     from workbench.datasets import list_datasets
@@ -104,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="run folder (default: runs_dir/<time>-<notebook>-<profile>)")
     r.add_argument("-q", "--quiet", action="store_true", help="do not stream cell output to the log")
     r.set_defaults(fn=cmd_run)
+    dm = sub.add_parser("demo", help="zero-annotation airplane detector from GAN neurons + CLIP on the aerial world (smoke profile)")
+    dm.add_argument("--out", type=Path, help="run folder (default: runs_dir/<time>-generator_neurons-smoke)")
+    dm.add_argument("-q", "--quiet", action="store_true", help="do not stream cell output to the log")
+    dm.set_defaults(fn=cmd_demo)
     d = sub.add_parser("data", help="dataset manifests and procedural worlds")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     dl = dsub.add_parser("list", help="every manifest with status found / missing / incomplete")
