@@ -24,9 +24,11 @@ METRIC_CHECKS = {
     "13_gallery": lambda m: m["n_images"] > 0,
     "25_tour": lambda m: m["layers_traced"] > 0 and m["hooks_left_after_exit"] == 0,
     "26_train_aerial_gan": lambda m: m["steps"] > 0 and math.isfinite(m["g_loss_final"]) and m["checkpoint_mb"] > 0,
+    "27_train_aerial_clip": lambda m: m["loss_last"] < m["loss_first"] and m["retrieval_top1"] > 2 * m["retrieval_chance"]
+                                      and m["masked_auc"] > 0.7,
 }
 # Notebooks that train a model: re-run in the full profile where CUDA is present.
-TRAINING_NOTEBOOKS = ["26_train_aerial_gan"]
+TRAINING_NOTEBOOKS = ["26_train_aerial_gan", "27_train_aerial_clip"]
 
 
 @pytest.mark.parametrize("name", LIBRARY)
