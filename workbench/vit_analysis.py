@@ -17,6 +17,7 @@ from torch import nn
 
 from .core import InputError, get_logger, one_of, torch_generator
 from .core import progress as _progress
+from .cka import token_features
 from .datasets import SamplePair
 from .hooks import Trace, attention_layers
 from .samples import Sample, masks_to_boxes
@@ -486,12 +487,7 @@ POOLS = ("cls", "mean")
 def pool_tokens(tokens: torch.Tensor, pool: str = "cls", n_prefix_tokens: int = 1) -> torch.Tensor:
     "(B, D) from block output tokens (B, N, D): the class token (`cls`) or the mean of the patch tokens (`mean`)."
     one_of("pool", pool, POOLS)
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3:
-        raise InputError(f"pool_tokens: expected tokens (B, N, D), got {tuple(getattr(tokens, 'shape', ()))}")
-    if pool == "cls":
-        if n_prefix_tokens < 1: raise InputError("pool 'cls' needs a class token (n_prefix_tokens >= 1); use pool='mean'")
-        return tokens[:, 0]
-    return tokens[:, n_prefix_tokens:].mean(1)
+    return token_features(tokens, pool, n_prefix_tokens)
 
 @dataclass
 class LayerFeatures:
