@@ -255,12 +255,12 @@ def run_notebook(name: str, profile: str | None = None, params: dict | None = No
     write_json(run_dir / "env.json", environment())
     status = dict(status="running", notebook=info.name, run_dir=str(run_dir.resolve()), started=_now())
     write_json(run_dir / "status.json", status)
-    env_keys = dict(WORKBENCH_RUN_DIR=str(run_dir.resolve()), WORKBENCH_PROGRESS="text", MPLBACKEND="Agg",
-                    PYTHONUNBUFFERED="1")
+    env_keys = dict(WORKBENCH_RUN_DIR=str(run_dir.resolve()), WORKBENCH_PROGRESS="text", PYTHONUNBUFFERED="1")
     pf = project_settings_file()
     if pf: env_keys["WORKBENCH_SETTINGS_FILE"] = str(pf.resolve())
-    saved = {k: os.environ.get(k) for k in env_keys}
+    saved = {k: os.environ.get(k) for k in [*env_keys, "MPLBACKEND"]}
     os.environ.update(env_keys)
+    os.environ.pop("MPLBACKEND", None)   # the kernel's inline backend puts figures into the executed notebook and report
     t0 = time.time()
     nb_out = run_dir / "notebook.ipynb"
     try:
