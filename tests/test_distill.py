@@ -148,7 +148,9 @@ def test_pretrained_encoder_missing_gives_clear_error_and_unavailable_rows(isola
     assert "resnet18-imagenet.pth" in pre[0]["reason"]
     rnd = [r for r in rows if r["init"] == "random"]
     assert rnd[0]["status"] == "unavailable" and rnd[0]["reason"] == "not run"
-    assert "| unavailable: ImageNet weights for the resnet18 U-Net encoder are missing" in render_table1(rows)
+    md = render_table1(rows)
+    assert f"| unavailable: no ImageNet encoder weights at {tmp_path / 'w' / 'smp' / 'resnet18-imagenet.pth'} [1] |" in md, md
+    assert "\n[1] ImageNet weights for the resnet18 U-Net encoder are missing" in md
 
 
 def test_pretrained_encoder_loads_from_weights_folder(isolated_settings, tmp_path, monkeypatch):
@@ -163,6 +165,11 @@ def test_pretrained_encoder_loads_from_weights_folder(isolated_settings, tmp_pat
     sd = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
     assert set(enc) == set(sd) and all(torch.equal(enc[k], sd[k]) for k in sd)
     assert find_encoder_weights().name == "resnet18-imagenet.pth"
+    from safetensors.torch import save_file                        # smp-hub's file: the encoder's tensors, as safetensors
+    (tmp_path / "w" / "smp" / "resnet18-imagenet.pth").unlink()
+    save_file(net.encoder.state_dict(), str(tmp_path / "w" / "smp" / "resnet18-imagenet.safetensors"))
+    again = build_unet(encoder_weights="imagenet", seed=5, **SMALL)
+    assert torch.equal(again.encoder.bn1.running_mean, tv.bn1.running_mean)
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "w" / "smp" / "resnet18-imagenet.pth")
     with pytest.raises(ValueError, match="does not fit"):
         build_unet(encoder_weights="imagenet")

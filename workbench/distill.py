@@ -107,7 +107,8 @@ DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 DEFAULT_PRIOR = 0.02
 ENCODER_WEIGHTS_SOURCES = {
     "resnet18": WeightsSource(url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
-                              note="torchvision's ResNet18_Weights.IMAGENET1K_V1 (the same tensors as smp's smp-hub/resnet18.imagenet)"),
+                              note="torchvision's ResNet18_Weights.IMAGENET1K_V1; model.safetensors of the Hugging Face repo "
+                                   "smp-hub/resnet18.imagenet, saved as resnet18-imagenet.safetensors, fits as well"),
     "resnet34": WeightsSource(url="https://download.pytorch.org/models/resnet34-b627a593.pth",
                               note="torchvision's ResNet34_Weights.IMAGENET1K_V1"),
     "resnet50": WeightsSource(url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
@@ -129,7 +130,7 @@ def find_encoder_weights(encoder: str = "resnet18", weights: str = "imagenet", w
     label = {"imagenet": "ImageNet"}.get(weights, weights)
     raise WeightsMissingError(f"{label} weights for the {encoder} U-Net encoder are missing: expected {p} (the same name ending in "
                               f"{', '.join(WEIGHT_SUFFIXES)} is accepted). The workbench never downloads them at run time. "
-                              f"To obtain them: {how}{' (' + src.note + ')' if src.note else ''}. "
+                              f"To obtain them: {how}. "
                               "encoder_weights=None trains the encoder from random weights.", f"smp:{encoder}.{weights}", p, src)
 
 def load_encoder_weights(model: nn.Module, path: Path | str) -> None:
@@ -401,24 +402,34 @@ def table1(rows: Sequence[Mapping]) -> list[dict]:
             elif i in TABLE1_INITS: out.append(table1_row(a, i, reason="not run"))
     return out
 
-def _cell(r: Mapping | None) -> str:
-    if r is None: return ""
-    if r.get("f1") is None: return f"unavailable: {r.get('reason') or 'not run'}"
-    return f"{100 * r['f1']:.1f} ({100 * r['precision']:.1f} / {100 * r['recall']:.1f})"
+def _short(reason: str, limit: int) -> str:
+    "The reason up to its first sentence end or `limit` characters."
+    cut = min([i + 1 for i in (reason.find(". "),) if i >= 0] + [len(reason)])
+    text = reason[:cut].rstrip(". ")
+    return text if len(text) <= limit else text[:limit].rstrip() + "…"
 
-def render_table1(rows: Sequence[Mapping], max_reason: int = 160) -> str:
-    "Table 1 as markdown: one row per annotation, one column per encoder initialisation, cells 'F1 (precision / recall)' in %."
+def render_table1(rows: Sequence[Mapping], max_reason: int = 120) -> str:
+    """Table 1 as markdown: one row per annotation, one column per encoder initialisation, cells 'F1 (precision / recall)' in %;
+    unavailable cells say why in one sentence, with the full reasons listed under the table."""
     rows = table1(rows)
     inits = list(dict.fromkeys(r["init"] for r in rows))
     head = {"random": "random encoder", "pretrained": "ImageNet-pretrained encoder"}
     lines = ["| annotation | " + " | ".join(f"{head.get(i, i)}: F1 (P / R) %" for i in inits) + " |",
              "|---|" + "---|" * len(inits)]
+    notes = {}
     for a in dict.fromkeys(r["annotation"] for r in rows):
         cells = []
         for i in inits:
-            c = _cell(next((r for r in rows if r["annotation"] == a and r["init"] == i), None))
-            cells.append((c[:max_reason] + "…" if len(c) > max_reason else c).replace("|", "\\|"))
+            r = next((r for r in rows if r["annotation"] == a and r["init"] == i), None)
+            if r is None: cells.append(""); continue
+            if r.get("f1") is not None:
+                cells.append(f"{100 * r['f1']:.1f} ({100 * r['precision']:.1f} / {100 * r['recall']:.1f})"); continue
+            reason = r.get("reason") or "not run"
+            short = r.get("reason_short") or _short(reason, max_reason)
+            if short != reason.rstrip(". "): short += f" [{notes.setdefault(reason, len(notes) + 1)}]"
+            cells.append(f"unavailable: {short}".replace("|", "\\|"))
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    if notes: lines += [""] + [f"[{k}] {reason}" for reason, k in notes.items()]
     return "\n".join(lines)
 
 def plot_table1(rows: Sequence[Mapping], ax=None):
@@ -466,14 +477,15 @@ def run_table1(train_sets: Mapping[str, MaskSet], test: MaskSet, inits: Sequence
         if _INIT_WEIGHTS[init] is None: continue
         try: find_encoder_weights(encoder, _INIT_WEIGHTS[init], weights_dir)
         except WeightsMissingError as e:
-            unavailable[init] = str(e)
-            log.warning("Table 1, %s encoder: unavailable (%s)", init, e)
+            unavailable[init] = dict(reason=str(e), reason_short=f"no ImageNet encoder weights at {e.expected}")
+            log.warning("Table 1, %s encoder: unavailable: %s", init, e)
     rows = []
     for annotation, data in train_sets.items():
         tr, va = split(data, val_fraction, seed)
         for init in inits:
             if init in unavailable:
-                rows.append(table1_row(annotation, init, reason=unavailable[init], n_train=len(tr), n_val=len(va))); continue
+                rows.append(table1_row(annotation, init, reason=unavailable[init]["reason"], n_train=len(tr), n_val=len(va),
+                                       reason_short=unavailable[init]["reason_short"])); continue
             model = build_unet(encoder, _INIT_WEIGHTS[init], decoder_channels, seed=seed, weights_dir=weights_dir)
             res = train_segmenter(model, tr, va, epochs, batch_size, lr, seed, device, augment, schedule, amp, desc=f"{annotation} / {init}")
             thr = calibrate_threshold(res.model, va, min_area=min_area, gt_min_area=gt_min_area, join=join, device=device)[0] if threshold == "val" else threshold
