@@ -24,7 +24,8 @@ log = get_logger("neurons")
 
 # %% auto #0
 __all__ = ['log', 'VARIANTS', 'UnitStats', 'generator_fingerprint', 'unit_statistics', 'activation_masks', 'unit_masks',
-           'UnitScores', 'score_units', 'NeuronDetector', 'PseudoLabels', 'pseudo_label_set']
+           'UnitScores', 'score_units', 'NeuronDetector', 'QuantileChoice', 'choose_quantile', 'PseudoLabels',
+           'pseudo_label_set']
 
 # %% ../nbs/30_neurons.ipynb #0b0cf672
 @dataclass
@@ -239,6 +240,35 @@ class NeuronDetector:
 
 # %% ../nbs/30_neurons.ipynb #d392bf65
 @dataclass
+class QuantileChoice:
+    "The chosen mask quantile, the unit scores at that quantile, and one row per candidate."
+    q: float
+    scores: UnitScores
+    table: list[dict]
+
+def choose_quantile(gen: GeneratorAdapter, stats: UnitStats, scorer, prompts: Sequence[str],
+                    candidates: Sequence[float] | None = None, n: int = 128, first_seed: int = 2_000_000,
+                    batch_size: int = 32) -> QuantileChoice:
+    "The unit-mask quantile (among `candidates`, default all computed) whose detector masks CLIP rates closest to `prompts[0]`."
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    candidates = [round(float(q), 6) for q in (stats.q_levels.tolist() if candidates is None else candidates)]
+    if not candidates: raise InputError("choose_quantile: no candidate quantiles; valid: values computed by unit_statistics")
+    seeds = range(first_seed, first_seed + n)
+    rows, scored = [], {}
+    for q in candidates:
+        stats.threshold(stats.layers[0].name, q=q)            # fails clearly for a quantile that was not computed
+        sc = score_units(gen, stats, scorer, prompts, q=q, batch_size=batch_size)
+        det = NeuronDetector.from_scores(sc, stats, prompts[0], q=q)
+        x, m = det(gen, seeds, batch_size=batch_size)
+        sim = scorer.masked_similarity(x, m, prompts[:1])[:, 0].float()
+        rows.append(dict(q=q, similarity=sim.mean().item(), mask_area=m.float().mean().item(),
+                         empty_masks=float((~m.flatten(1).any(1)).float().mean()), units=[list(u[:2]) for u in det.units]))
+        scored[q] = sc
+    best = max(rows, key=lambda r: r["similarity"])
+    return QuantileChoice(best["q"], scored[best["q"]], rows)
+
+# %% ../nbs/30_neurons.ipynb #5200d69e
+@dataclass
 class PseudoLabels:
     "Generated images (uint8) with detector-made targets (float in [0, 1]); `seeds` regenerate them."
     images: torch.Tensor
@@ -261,14 +291,16 @@ def pseudo_label_set(gen: GeneratorAdapter, detector: NeuronDetector, n: int, va
     bar = progress(total=n, desc=f"pseudo-labels ({variant})")
     next_seed = first_seed
     while sum(len(s) for s in kept_seeds) < n and drawn < max_draws:
-        seeds = list(range(next_seed, next_seed + batch_size)); next_seed += batch_size; drawn += batch_size
+        seeds = list(range(next_seed, next_seed + batch_size)); next_seed += batch_size
         x, m = detector(gen, seeds, batch_size=batch_size)
         keep = torch.ones(len(x), dtype=torch.bool)
         if variant == "clip":
             sim = scorer.masked_similarity(x.to(scorer.device), m.to(scorer.device), [detector.prompt])[:, 0].float().cpu()
             sims_all.append(sim)
             keep = sim >= tau
-        take = keep.nonzero().squeeze(1)[: n - sum(len(s) for s in kept_seeds)]
+        need = n - sum(len(s) for s in kept_seeds)
+        take = keep.nonzero().squeeze(1)[:need]
+        drawn += len(seeds) if len(take) < need else int(take[-1]) + 1      # seeds looked at, not the whole batch
         imgs.append((x[take] * 255).round().to(torch.uint8)); tgts.append(m[take].float())
         kept_seeds.append(torch.tensor(seeds)[take]); bar.update(len(take))
     bar.close()
