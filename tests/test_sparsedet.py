@@ -7,27 +7,22 @@ import math
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from workbench.core import InputError, torch_generator
 from workbench.saod import mining_quality
 from workbench.sparsedet import (
     ABLATIONS, CommonRPNHead, MiningLog, SparseDetConfig, SparseDetectionDataset, ablation_config, augment_view,
     box_erase, build_detector, combine_losses, evaluate_detector, evaluate_mining, gap_closed, merge_ground_truth,
-    photometric_cascade, protected_from_negatives, pseudo_positive_mining, rectangle_samples, samples_to_coco,
-    train_detector,
+    photometric_cascade, protected_from_negatives, pseudo_positive_mining, rectangle_samples, rpn_proposals, rpn_recall,
+    samples_to_coco, train_detector,
 )
 
 SMALL = dict(backbone="mobilenet_v3_small_fpn", min_size=64, max_size=64, seed=0)
 LOW = dict(tau_ppm=0.3, tau_obj=0.2, log_min_objectness=0.2)   # an untrained RPN already mines at these thresholds
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "One intra-op thread: on a shared two-core machine this is several times faster than two."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -403,6 +398,32 @@ def test_evaluate_detector_uses_complete_annotations(data):
     assert sum(c["n_gt"] for c in r["per_class"].values()) == sum(len(s.boxes) for s in train)
     assert 0 <= r["AP"] <= 1 and r["n_images"] == len(train)
     assert gap_closed(0.2, 0.3, 0.4) == pytest.approx(0.5) and gap_closed(0.4, 0.5, 0.4) is None
+
+
+def test_rpn_proposals_and_recall_on_kept_and_removed(data):
+    train, sparse = data
+    det = build_detector(2, **SMALL).eval()
+    props = rpn_proposals(det, [s.image for s in train], batch_size=5)
+    assert len(props) == len(train)
+    for p in props:
+        assert (p["objectness"][:-1] >= p["objectness"][1:]).all() and 0 <= p["objectness"].min() <= p["objectness"].max() <= 1
+        assert p["boxes"].min() >= 0 and p["boxes"].max() <= 64
+    # the proposals are those of the model's own RPN: the top box of image 0 is what rpn.propose gives
+    with torch.no_grad():
+        il, _ = det.transform([train[0].image.float() / 255])
+        b, s, _ = det.rpn.propose(il, det.backbone(il.tensors))
+    assert torch.allclose(props[0]["objectness"], s[0].sort(descending=True).values)
+    r = rpn_recall(det, sparse, top_k=50)
+    assert (r["n_known"], r["n_held_out"]) == (sparse.stats["n_kept"], sparse.stats["n_removed"])
+    # recall by hand: a removed box counts as held out, a kept one as known
+    hit_k = hit_r = 0
+    for i, s in enumerate(train):
+        top = props[i]["boxes"][:50]
+        ok = (box_iou(s.boxes, top).max(1).values >= 0.5) if len(top) else torch.zeros(len(s.boxes), dtype=torch.bool)
+        hit_k += int(ok[sparse.kept_index[i]].sum()); hit_r += int(ok[sparse.removed_index[i]].sum())
+    assert r["recall_known"] == pytest.approx(hit_k / r["n_known"]) and r["recall_held_out"] == pytest.approx(hit_r / r["n_held_out"])
+    plain = rpn_recall(det, train, top_k=50)
+    assert plain["n_held_out"] == 0 and plain["recall"] == pytest.approx((hit_k + hit_r) / (r["n_known"] + r["n_held_out"]))
 
 
 def test_aerial_world_samples_train():

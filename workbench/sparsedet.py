@@ -33,7 +33,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from .core import InputError, get_device, get_logger, one_of, torch_generator, write_json, read_json
 from .core import progress as _progress
 from .samples import Sample
-from .saod import SplitResult, coco_ap, make_split, mining_quality
+from .saod import SplitResult, coco_ap, make_split, mining_quality, proposal_recall
 
 log = get_logger("sparsedet")
 
@@ -43,7 +43,8 @@ __all__ = ['log', 'ABLATIONS', 'RECTANGLE_COLORS', 'BACKBONES', 'SMALL_IMAGE', '
            'box_erase', 'augment_view', 'CommonRPNHead', 'ScoredRPN', 'SparseRoIHeads', 'MinedBoxes',
            'pseudo_positive_mining', 'protected_from_negatives', 'merge_ground_truth', 'running_stats_frozen',
            'SparseDetRCNN', 'combine_losses', 'build_detector', 'MiningRecord', 'MiningLog', 'torch_threads',
-           'TrainResult', 'train_detector', 'predict', 'evaluate_detector', 'evaluate_mining', 'gap_closed']
+           'TrainResult', 'train_detector', 'predict', 'evaluate_detector', 'evaluate_mining', 'gap_closed',
+           'rpn_proposals', 'rpn_recall']
 
 # %% ../nbs/51_sparsedet.ipynb #e7bde1f3
 @dataclass
@@ -800,3 +801,38 @@ def evaluate_mining(mining_log: MiningLog, dataset: SparseDetectionDataset, iter
 def gap_closed(baseline: float, method: float, oracle: float) -> float | None:
     "(method − baseline) / (oracle − baseline): the share of the baseline-to-oracle gap a method closes (None without a gap)."
     return None if oracle - baseline <= 0 else (method - baseline) / (oracle - baseline)
+
+@torch.no_grad()
+def rpn_proposals(model: SparseDetRCNN, images: Sequence[torch.Tensor], batch_size: int = 8, num_threads: int | None = None) -> list[dict]:
+    "The RPN's test-time proposals for each image: `boxes` (xyxy in the image's pixels) and `objectness`, most confident first."
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch_threads(num_threads):
+        for i in range(0, len(images), batch_size):
+            chunk = [(im.float() / 255 if im.dtype == torch.uint8 else im.float()).to(device) for im in images[i:i + batch_size]]
+            il, _ = model.transform(chunk)
+            boxes, scores, _ = model.rpn.propose(il, model.backbone(il.tensors))
+            for b, s, size, im in zip(boxes, scores, il.image_sizes, chunk):
+                order = s.argsort(descending=True)
+                out.append(dict(boxes=resize_boxes(b[order], list(size), list(im.shape[-2:])).cpu(), objectness=s[order].cpu()))
+    model.train(was_training)
+    return out
+
+def rpn_recall(model: SparseDetRCNN, dataset, iou: float = 0.5, top_k: int | None = None, batch_size: int = 8,
+               num_threads: int | None = None) -> dict:
+    """Class-agnostic recall (`saod.proposal_recall`) of the RPN's proposals. On a `SparseDetectionDataset` with a split,
+    `recall_known` is the recall of the kept annotations and `recall_held_out` that of the removed ones (did the RPN
+    learn to ignore the unlabelled objects?); on plain samples both count every box."""
+    samples = dataset.samples if isinstance(dataset, SparseDetectionDataset) else dataset
+    props = rpn_proposals(model, [samples[i].image for i in range(len(samples))], batch_size, num_threads)
+    boxes, labels = {}, {}
+    for i in range(len(samples)):
+        s = samples[i]
+        boxes[i + 1] = s.boxes
+        lab = torch.zeros(len(s.boxes), dtype=torch.int64)
+        if isinstance(dataset, SparseDetectionDataset): lab[dataset.removed_index[i]] = 1
+        labels[i + 1] = lab
+    r = proposal_recall({i + 1: p["boxes"] for i, p in enumerate(props)}, boxes, labels, iou, known_classes=[0], top_k=top_k)
+    return {k: v for k, v in r.items() if k != "per_class"}
