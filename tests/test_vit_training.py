@@ -14,8 +14,8 @@ from workbench.vit_analysis import block_attention_layers, collect_attention, in
 from workbench.vit_training import (DINO_LOCAL_VIEW, SUPERVISIONS, DINOHead, DINOLoss, MultiCropNet, ViewSpec,
                                     cosine_schedule, ema_update_, encode_visible, evaluate_object_vit, make_views,
                                     mae_loss, new_object_vit, object_vit_checkpoint, object_vit_config, patch_targets,
-                                    patchify, random_crop_boxes, random_masking, render_pool, save_object_vit,
-                                    train_dino, train_mae, train_object_vit, train_supervised, unpatchify)
+                                    patchify, random_crop_boxes, random_masking, render_pool, rotate_hue, save_object_vit,
+                                    sinkhorn_knopp, train_dino, train_mae, train_object_vit, train_supervised, unpatchify)
 from workbench.worlds import ObjectWorld
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
@@ -76,6 +76,21 @@ def test_views_shapes_determinism_and_range(pool):
         make_views(images[0], DINO_LOCAL_VIEW, torch_generator(0))
 
 
+def test_hue_rotation_keeps_luma_and_turns_colours(pool):
+    x = torch.rand(3, 3, 8, 8, generator=torch_generator(0))
+    assert torch.allclose(rotate_hue(x, torch.zeros(3)), x, atol=1e-5)
+    assert torch.allclose(rotate_hue(x, torch.full((3,), 2 * math.pi)), x, atol=1e-5)
+    gray = x[:, :1].expand(-1, 3, -1, -1)
+    assert torch.allclose(rotate_hue(gray, torch.full((3,), 1.0)), gray, atol=1e-5)       # no chroma: nothing to turn
+    red = torch.zeros(1, 3, 2, 2); red[:, 0] = 0.6
+    turned = rotate_hue(red, torch.tensor([2 * math.pi / 3]))
+    assert turned[0, 0].mean() < 0.3 and turned[0, 1:].mean() > 0.1                     # red is no longer red
+    images, _ = pool
+    spec = ViewSpec(64, (1.0, 1.0), flip=0.0, jitter=(0.0, 0.0, 0.0), p_jitter=1.0, p_gray=0.0, hue=0.5)
+    v, plain = make_views(images[:4], spec, torch_generator(0)), make_views(images[:4], ViewSpec(64, (1.0, 1.0), flip=0.0, p_jitter=0.0, p_gray=0.0), torch_generator(0))
+    assert not torch.allclose(v, plain, atol=1e-3)
+
+
 def test_schedule():
     assert cosine_schedule(0, 100, 1.0, 0.0, warmup=10) == pytest.approx(0.1)
     assert cosine_schedule(9, 100, 1.0, 0.0, warmup=10) == pytest.approx(1.0)
@@ -125,6 +140,19 @@ def test_dino_centering_and_loss():
     assert torch.allclose(loss.teacher_probs(t + 5.0, 0.04), F.softmax(t / 0.04, -1))
 
 
+def test_sinkhorn_balances_prototypes():
+    logits = torch.randn(64, 8, generator=torch_generator(0)) * 3
+    logits[:, 0] += 5                                                  # every sample prefers prototype 0...
+    q = sinkhorn_knopp(logits, iters=20)
+    assert torch.allclose(q.sum(1), torch.ones(64), atol=1e-5)         # ...rows stay distributions...
+    assert torch.allclose(q.sum(0), torch.full((8,), 8.0), atol=0.2)  # ...but each prototype gets 1/8 of the batch
+    assert (q.argmax(1) != 0).any()
+    loss = DINOLoss(8, centering="sinkhorn")
+    assert torch.allclose(loss.teacher_probs(logits * 0.04, 0.04), sinkhorn_knopp(logits, 3))
+    with pytest.raises(InputError, match="centering"):
+        DINOLoss(8, centering="median")
+
+
 def test_dino_head_and_ema():
     head = DINOHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8)
     x = torch.randn(3, 16, generator=torch_generator(0))
@@ -162,6 +190,18 @@ def test_dino_loss_decreases_on_tiny_set(pool):
     kl = r.history.extra["kl"]          # the loss is teacher entropy + KL(teacher ‖ student): the student drives the KL down
     assert np.allclose(np.array(r.history.loss) - np.array(r.history.extra["teacher_entropy"]), kl, atol=1e-4)
     assert decreasing(kl, 5), kl
+
+
+def test_dino_sinkhorn_bn_head_does_not_collapse(pool):
+    images, _ = pool
+    r = train_dino(tiny(), images[:32], steps=20, batch_size=16, lr=1e-3, out_dim=16, hidden_dim=32, bottleneck_dim=16,
+                   n_local=2, momentum=0.9, teacher_temp=0.04, warmup_teacher_temp=0.04, centering="sinkhorn", use_bn=True,
+                   seed=0, device="cpu")
+    h = r.history.extra
+    assert decreasing(h["kl"], 5), h["kl"]
+    assert min(h["batch_entropy"]) > 0.9 * math.log(16)                  # every prototype used: no collapse onto a few
+    assert np.mean(h["teacher_entropy"][-5:]) < 0.9 * math.log(16)        # and not uniform per image
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in r.parts["student"].head.modules())
 
 
 # ------------------------------------------------------------------ MAE

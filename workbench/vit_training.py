@@ -34,12 +34,12 @@ log = get_logger("vit_training")
 __all__ = ['log', 'OBJECT_MEAN', 'OBJECT_STD', 'SUPERVISIONS', 'SUPERVISED_VIEW', 'DINO_GLOBAL_VIEWS', 'DINO_LOCAL_VIEW',
            'MAE_VIEW', 'object_vit', 'object_vit_preprocess', 'object_vit_config', 'seeded', 'new_object_vit',
            'save_object_vit', 'render_pool', 'batch_indices', 'ViewSpec', 'random_crop_boxes', 'crop_resize',
-           'gaussian_blur', 'normalize', 'make_views', 'cosine_schedule', 'param_groups', 'make_optimizer',
-           'TrainHistory', 'TrainResult', 'train_supervised', 'DINOHead', 'MultiCropNet', 'DINOLoss', 'ema_update_',
-           'train_dino', 'patchify', 'unpatchify', 'patch_targets', 'PatchMask', 'random_masking', 'encode_visible',
-           'sincos_pos_embed', 'MAEDecoder', 'mae_loss', 'train_mae', 'mae_reconstruct', 'train_object_vit',
-           'ViTEvaluation', 'evaluate_object_vit', 'cls_attention_maps', 'plot_cls_attention', 'plot_histories',
-           'project_root', 'object_vit_checkpoint', 'publish_object_vit']
+           'gaussian_blur', 'rotate_hue', 'normalize', 'make_views', 'cosine_schedule', 'param_groups',
+           'make_optimizer', 'TrainHistory', 'TrainResult', 'train_supervised', 'DINOHead', 'MultiCropNet', 'DINOLoss',
+           'sinkhorn_knopp', 'ema_update_', 'train_dino', 'patchify', 'unpatchify', 'patch_targets', 'PatchMask',
+           'random_masking', 'encode_visible', 'sincos_pos_embed', 'MAEDecoder', 'mae_loss', 'train_mae',
+           'mae_reconstruct', 'train_object_vit', 'ViTEvaluation', 'evaluate_object_vit', 'cls_attention_maps',
+           'plot_cls_attention', 'plot_histories', 'project_root', 'object_vit_checkpoint', 'publish_object_vit']
 
 # %% ../nbs/42_vit_training.ipynb #bedd8a65
 OBJECT_MEAN, OBJECT_STD = IMAGENET_MEAN, IMAGENET_STD
@@ -121,6 +121,7 @@ class ViewSpec:
     p_blur: float = 0.0
     blur_sigma: tuple = (0.1, 1.0)       # in output pixels
     p_solarize: float = 0.0
+    hue: float = 0.0                     # hue rotation up to ± hue × 360° (with the colour jitter; 0.5: any hue)
 
 SUPERVISED_VIEW = ViewSpec(64, (0.5, 1.0), jitter=(0.2, 0.2, 0.1), p_jitter=0.5, p_gray=0.0)
 DINO_GLOBAL_VIEWS = (ViewSpec(64, (0.4, 1.0), p_blur=1.0), ViewSpec(64, (0.4, 1.0), p_blur=0.1, p_solarize=0.2))
@@ -163,6 +164,17 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 2) ->
 def _gray(x: torch.Tensor) -> torch.Tensor:
     return (x * torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
+_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+def rotate_hue(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    "Rotate each image's (B, 3, H, W, in [0, 1]) hue by its own `angle` (B,) in radians: a rotation of the chroma plane of YIQ, luma kept."
+    T = torch.tensor(_YIQ, device=images.device, dtype=images.dtype)
+    c, s = angle.to(images).cos(), angle.to(images).sin()
+    R = torch.zeros(len(angle), 3, 3, device=images.device, dtype=images.dtype)
+    R[:, 0, 0], R[:, 1, 1], R[:, 1, 2], R[:, 2, 1], R[:, 2, 2] = 1, c, -s, s, c
+    M = torch.linalg.inv(T) @ R @ T                                              # (B, 3, 3) in RGB
+    return torch.einsum("bij,bjhw->bihw", M, images).clamp(0, 1)
+
 def normalize(images: torch.Tensor, mean=OBJECT_MEAN, std=OBJECT_STD) -> torch.Tensor:
     "Float images in [0, 1] (B, 3, H, W) normalised with `mean` and `std`."
     m = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
@@ -187,6 +199,9 @@ def make_views(images: torch.Tensor, spec: ViewSpec, generator: torch.Generator,
     x = ((x - m) * f[1] + m).clamp(0, 1)                                          # contrast
     g = _gray(x)
     x = ((x - g) * f[2] + g).clamp(0, 1)                                          # saturation
+    if spec.hue > 0:
+        angle = torch.where(jit, (2 * draw() - 1) * spec.hue * 2 * math.pi, torch.zeros(b, device=dev))
+        x = rotate_hue(x, angle)
     x = torch.where(gray.view(b, 1, 1, 1), _gray(x).expand_as(x), x)
     if spec.p_blur > 0:
         s = spec.blur_sigma[0] + (spec.blur_sigma[1] - spec.blur_sigma[0]) * sigma
@@ -317,13 +332,15 @@ def train_supervised(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 # %% ../nbs/42_vit_training.ipynb #ac0f16c4
 class DINOHead(nn.Module):
     "DINO's projection head: MLP (GELU) to a bottleneck, L2 normalisation, weight-normalised linear layer onto `out_dim` prototypes (norm fixed to 1)."
-    def __init__(self, in_dim: int, out_dim: int = 1024, hidden_dim: int = 512, bottleneck_dim: int = 128, n_layers: int = 3):
+    def __init__(self, in_dim: int, out_dim: int = 1024, hidden_dim: int = 512, bottleneck_dim: int = 128, n_layers: int = 3,
+                 use_bn: bool = False, norm_last_layer: bool = True):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (n_layers - 1)
         layers = []
-        for a, b in zip(dims[:-1], dims[1:]): layers += [nn.Linear(a, b), nn.GELU()]
+        for a, b in zip(dims[:-1], dims[1:]): layers += [nn.Linear(a, b)] + ([nn.BatchNorm1d(b)] if use_bn else []) + [nn.GELU()]
         self.mlp = nn.Sequential(*layers, nn.Linear(dims[-1], bottleneck_dim))
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.norm_last_layer = norm_last_layer
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -331,7 +348,8 @@ class DINOHead(nn.Module):
 
     def forward(self, x):
         x = F.normalize(self.mlp(x), dim=-1)
-        return F.linear(x, F.normalize(self.last_layer.weight, dim=1))
+        w = self.last_layer.weight
+        return F.linear(x, F.normalize(w, dim=1) if self.norm_last_layer else w)
 
 class MultiCropNet(nn.Module):
     "A backbone and a head run over a list of crops: crops of the same resolution go through the backbone together; outputs are concatenated in crop order."
@@ -350,14 +368,19 @@ class MultiCropNet(nn.Module):
         return self.head(torch.cat(feats))
 
 class DINOLoss(nn.Module):
-    "Cross-entropy between the centred, sharpened teacher distribution of each global crop and the student's of every other crop; updates the centre."
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    """Cross-entropy between the sharpened teacher distribution of each global crop and the student's of every other crop.
+    The teacher is centred by a running mean of its outputs (`centering='mean'`, DINO) or balanced over the batch by
+    Sinkhorn-Knopp (`centering='sinkhorn'`, DINOv2: every prototype gets an equal share of the batch)."""
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9, centering: str = "mean",
+                 sinkhorn_iters: int = 3):
         super().__init__()
-        self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.student_temp, self.center_momentum, self.sinkhorn_iters = student_temp, center_momentum, sinkhorn_iters
+        self.centering = one_of("centering", centering, ("mean", "sinkhorn"))
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def teacher_probs(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        "The teacher's centred, sharpened distributions."
+        "The teacher's centred (or Sinkhorn-balanced), sharpened distributions."
+        if self.centering == "sinkhorn": return sinkhorn_knopp(teacher_out / teacher_temp, self.sinkhorn_iters)
         return F.softmax((teacher_out - self.center) / teacher_temp, dim=-1)
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float, n_global: int = 2) -> torch.Tensor:
@@ -380,6 +403,17 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(teacher_out.mean(0, keepdim=True), alpha=1 - self.center_momentum)
 
 @torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, iters: int = 3) -> torch.Tensor:
+    "Rows (B, K) of `softmax`-like assignments whose prototype marginals are equalised over the batch by `iters` Sinkhorn-Knopp steps (each row sums to 1)."
+    q = torch.exp(logits.double() - logits.max()).T                                # (K, B)
+    q /= q.sum()
+    k, b = q.shape
+    for _ in range(iters):
+        q /= q.sum(1, keepdim=True); q /= k                                       # each prototype: total mass 1/K
+        q /= q.sum(0, keepdim=True); q /= b                                       # each sample: total mass 1/B
+    return (q * b).T.to(logits.dtype)
+
+@torch.no_grad()
 def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     "teacher ← momentum·teacher + (1 − momentum)·student, parameter by parameter."
     for pt, ps in zip(teacher.parameters(), student.parameters()): pt.lerp_(ps.detach(), 1 - momentum)
@@ -392,18 +426,19 @@ def train_dino(model: nn.Module, images: torch.Tensor, steps: int, batch_size: i
                bottleneck_dim: int = 128, n_local: int = 4, global_views: Sequence[ViewSpec] = DINO_GLOBAL_VIEWS,
                local_view: ViewSpec = DINO_LOCAL_VIEW, student_temp: float = 0.1, teacher_temp: float = 0.07,
                warmup_teacher_temp: float = 0.04, teacher_temp_warmup: float = 0.3, momentum: float = 0.996,
-               center_momentum: float = 0.9, freeze_last_layer: int | None = None, grad_clip: float = 3.0, seed: int = 0,
+               center_momentum: float = 0.9, centering: str = "mean", freeze_last_layer: int | None = None, use_bn: bool = False,
+               norm_last_layer: bool = True, grad_clip: float = 3.0, seed: int = 0,
                device=None, callback=None, callback_every: int = 0) -> TrainResult:
     """DINO self-distillation of `model` (the student, trained in place) on unlabeled `images`. Returns the teacher's
     backbone as `.model` (what DINO evaluates); `.parts` holds the teacher and student (with heads) and the loss (centre)."""
     _check_pool(images)
     if len(global_views) != 2: raise InputError(f"train_dino: global_views must hold 2 view specs, got {len(global_views)}")
     with seeded(seed):
-        head = DINOHead(model.embed_dim, out_dim, hidden_dim, bottleneck_dim)
+        head = DINOHead(model.embed_dim, out_dim, hidden_dim, bottleneck_dim, use_bn=use_bn, norm_last_layer=norm_last_layer)
         device, gen = _prepare(model, device), torch_generator(seed)
         student = MultiCropNet(model, head).to(device).train()
         teacher = copy.deepcopy(student).requires_grad_(False)
-        loss_fn = DINOLoss(out_dim, student_temp, center_momentum).to(device)
+        loss_fn = DINOLoss(out_dim, student_temp, center_momentum, centering).to(device)
         batches = batch_indices(len(images), batch_size, gen)
         opt = make_optimizer(student, lr, weight_decay if isinstance(weight_decay, (int, float)) else weight_decay[0])
         temp_steps = max(1, int(teacher_temp_warmup * steps))
