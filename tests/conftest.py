@@ -11,6 +11,18 @@ os.environ.setdefault("WORKBENCH_PROGRESS", "off")
 
 
 @pytest.fixture
+def one_thread():
+    """Run each test of a module on one torch thread: small models gain nothing from more, and OpenMP threads that wait
+    for each other on a loaded 2-core machine make them several times slower. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def isolated_settings(tmp_path, monkeypatch):
     "Point every settings layer at temporary files so a test sees only what it writes."
     proj = tmp_path / "proj"

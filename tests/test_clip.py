@@ -16,13 +16,7 @@ from workbench.worlds import AerialWorld
 CHECKPOINT = ROOT / "checkpoints" / "aerial_clip.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "Small models on a shared 2-core machine run several times faster on one thread than on two that wait for each other."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

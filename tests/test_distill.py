@@ -16,13 +16,7 @@ from workbench.worlds import AerialWorld
 SMALL = dict(decoder_channels=(32, 16, 16, 8, 8))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny convolutions gain nothing from more threads, and OpenMP threads spin on a loaded machine (8x slower here)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

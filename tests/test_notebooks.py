@@ -41,6 +41,19 @@ METRIC_CHECKS = {
         and len(m["cka"]["cross"]["cls"]["matrix"]) == 3
         and all(abs(m["cka"]["within"][k]["cls"]["matrix"][i][i] - 1) < 1e-6 for k in m["models"] for i in range(6))
         and {r["task"] for r in m["best_layers"]} >= {"k-NN (CLS)", "purity (CLS)", "IoU (CLS)", "PCK@0.1"}),
+    # every sparsity has the three APs, the gap and mining quality in range; the oracle (all annotations) is no worse
+    # than the sparse baseline at AP50; the thresholds that depart from the thesis are recorded
+    "52_sparse_aerial": lambda m: (m["sparsities"] and set(m["per_sparsity"]) == {f"{round(p * 100)}" for p in m["sparsities"]}
+        and all(0 <= r[k] <= 1 for r in m["per_sparsity"].values()
+                for k in ("baseline_AP", "sparsedet_AP", "oracle_AP", "baseline_AP50", "sparsedet_AP50", "oracle_AP50"))
+        and all(r["oracle_AP"] == m["oracle"]["AP"] and r["oracle_AP50"] >= r["baseline_AP50"] for r in m["per_sparsity"].values())
+        and all(r["gap_closed"] is None or math.isfinite(r["gap_closed"]) for r in m["per_sparsity"].values())
+        and all(0 <= r["ppm_recovery"] <= 1 and (r["ppm_precision"] is None or 0 <= r["ppm_precision"] <= 1)
+                and r["sparsedet"]["ppm_n_removed"] == r["n_removed"] > 0 for r in m["per_sparsity"].values())
+        and all(0 <= r[k]["rpn_recall_test"] <= 1 and 0 <= r[k]["rpn_recall_removed"] <= 1
+                for r in m["per_sparsity"].values() for k in ("baseline", "sparsedet"))
+        and m["departures_from_thesis"].get("tau_ppm", {}).get("thesis", 0.8) == 0.8
+        and all(v["status"] in ("ok", "unavailable") and (v["status"] == "ok" or v["reason"]) for v in m["real_datasets"].values())),
 }
 # Notebooks that train a model: re-run in the full profile where CUDA is present.
 TRAINING_NOTEBOOKS = ["26_train_aerial_gan", "27_train_aerial_clip", "43_train_object_vits"]
