@@ -26,10 +26,10 @@ log = get_logger(__name__)
 __all__ = ['log', 'OPENAI_MEAN', 'OPENAI_STD', 'MASK_FILL', 'AERIAL_PROMPT', 'PAPER_TAU', 'CLIP_VOCAB_SIZE',
            'AERIAL_CLIP_CHECKPOINT', 'VIEW_CLASSES', 'THING_CLASSES', 'VIEW_PHRASES', 'image_config',
            'preprocess_images', 'fill_color', 'mask_images', 'ClipScorer', 'small_clip', 'small_clip_config',
-           'view_caption', 'class_prompts', 'view_class_map', 'present_classes', 'blob_masks', 'view_mask', 'dihedral',
-           'AerialPairs', 'DedupClipLoss', 'cosine_schedule', 'train_clip', 'retrieval_accuracy', 'masked_view_set',
-           'masked_view_scores', 'calibrate_tau', 'masked_view_report', 'plot_similarity_histograms', 'project_path',
-           'aerial_clip_checkpoint']
+           'view_caption', 'class_prompts', 'view_class_map', 'present_classes', 'blob_masks', 'patch_mask',
+           'view_mask', 'dihedral', 'AerialPairs', 'DedupClipLoss', 'cosine_schedule', 'train_clip',
+           'retrieval_accuracy', 'masked_view_set', 'masked_view_scores', 'calibrate_tau', 'masked_view_report',
+           'plot_similarity_histograms', 'project_path', 'aerial_clip_checkpoint']
 
 # %% ../nbs/23_clip.ipynb #3e7e13d2
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -288,10 +288,25 @@ def blob_masks(masks: torch.Tensor, generator: torch.Generator, grids=(8, 16, 32
 
 _THING_IDS = torch.tensor([VIEW_CLASSES.index(c) + 1 for c in THING_CLASSES], dtype=torch.uint8)
 
-def view_mask(class_map: torch.Tensor, cls: str, generator: torch.Generator) -> torch.Tensor:
-    "The mask (H, W) of a masked view of class `cls`: its pixels made blobby, minus a blobby region around every other object."
+def patch_mask(own: torch.Tensor, generator: torch.Generator, radius=(2.0, 9.0)) -> torch.Tensor:
+    "A small irregular patch (H, W) bool of `own` around one of its pixels: an object-sized piece of a stuff region."
+    H, W = own.shape
+    ys, xs = own.nonzero(as_tuple=True)
+    i = int(torch.randint(len(ys), (1,), generator=generator))
+    r = radius[0] + (radius[1] - radius[0]) * torch.rand(2, generator=generator)          # ellipse half-axes
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    ell = ((yy - ys[i]) / r[0]) ** 2 + ((xx - xs[i]) / r[1]) ** 2 <= 1
+    return blob_masks(ell[None], generator, grids=(16, 32, 0))[0] & own
+
+def view_mask(class_map: torch.Tensor, cls: str, generator: torch.Generator, p_patch: float = 0.5) -> torch.Tensor:
+    """The mask (H, W) of a masked view of class `cls`: its pixels made blobby, minus a blobby region around every other
+    object. A stuff class is shown, with probability `p_patch`, as an object-sized patch of itself: masked views
+    of generator units are small, and CLIP must not read "a small shape" as "an object"."""
     own = class_map == VIEW_CLASSES.index(cls) + 1
     blob = blob_masks(own[None], generator)[0]
+    if cls not in THING_CLASSES and p_patch > 0 and float(torch.rand((), generator=generator)) < p_patch:
+        patch = patch_mask(blob & own, generator) if (blob & own).any() else blob
+        blob = patch if patch.any() else blob
     others = torch.isin(class_map, _THING_IDS) & ~own
     if others.any(): blob &= ~blob_masks(others[None], generator, grids=(8, 16), threshold=(0.05, 0.2), min_dilation=1)[0]
     return blob | own if cls in THING_CLASSES else blob
