@@ -43,8 +43,8 @@ __all__ = ['log', 'ABLATIONS', 'RECTANGLE_COLORS', 'BACKBONES', 'SMALL_IMAGE', '
            'box_erase', 'augment_view', 'CommonRPNHead', 'ScoredRPN', 'SparseRoIHeads', 'MinedBoxes',
            'pseudo_positive_mining', 'protected_from_negatives', 'merge_ground_truth', 'running_stats_frozen',
            'SparseDetRCNN', 'combine_losses', 'build_detector', 'MiningRecord', 'MiningLog', 'torch_threads',
-           'TrainResult', 'train_detector', 'predict', 'evaluate_detector', 'evaluate_mining', 'gap_closed',
-           'rpn_proposals', 'rpn_recall']
+           'TrainResult', 'train_detector', 'eval_batches', 'predict', 'evaluate_detector', 'evaluate_mining',
+           'gap_closed', 'rpn_proposals', 'rpn_recall']
 
 # %% ../nbs/51_sparsedet.ipynb #e7bde1f3
 @dataclass
@@ -770,18 +770,24 @@ def train_detector(model: SparseDetRCNN, dataset, cfg: SparseDetConfig | None = 
     return TrainResult(model, history, mlog, info)
 
 # %% ../nbs/51_sparsedet.ipynb #91bb21d4
-@torch.no_grad()
-def predict(model: nn.Module, images: Sequence[torch.Tensor], batch_size: int = 8, device=None, num_threads: int | None = None) -> list[dict]:
-    "Detections (`boxes` xyxy in image pixels, `scores`, `labels` 1..K) for each image."
+def eval_batches(model: nn.Module, images: Sequence[torch.Tensor], batch_size: int = 8, device=None,
+                 num_threads: int | None = None):
+    "Yield `images` as float [0, 1] batches on the model's device with the model in eval mode (its mode restored after)."
     device = next(model.parameters()).device if device is None else get_device(device) if isinstance(device, str) else device
     was_training = model.training
     model.eval()
+    try:
+        with torch.no_grad(), torch_threads(num_threads):
+            for i in range(0, len(images), batch_size):
+                yield [(im.float() / 255 if im.dtype == torch.uint8 else im.float()).to(device) for im in images[i:i + batch_size]]
+    finally:
+        model.train(was_training)
+
+def predict(model: nn.Module, images: Sequence[torch.Tensor], batch_size: int = 8, device=None, num_threads: int | None = None) -> list[dict]:
+    "Detections (`boxes` xyxy in image pixels, `scores`, `labels` 1..K) for each image."
     out = []
-    with torch_threads(num_threads):
-        for i in range(0, len(images), batch_size):
-            chunk = [(im.float() / 255 if im.dtype == torch.uint8 else im.float()).to(device) for im in images[i:i + batch_size]]
-            out += [{k: v.cpu() for k, v in o.items()} for o in model(chunk)]
-    model.train(was_training)
+    for chunk in eval_batches(model, images, batch_size, device, num_threads):
+        with torch.no_grad(): out += [{k: v.cpu() for k, v in o.items()} for o in model(chunk)]
     return out
 
 def evaluate_detector(model: nn.Module, dataset, batch_size: int = 8, device=None, num_threads: int | None = None) -> dict:
@@ -805,19 +811,13 @@ def gap_closed(baseline: float, method: float, oracle: float) -> float | None:
 @torch.no_grad()
 def rpn_proposals(model: SparseDetRCNN, images: Sequence[torch.Tensor], batch_size: int = 8, num_threads: int | None = None) -> list[dict]:
     "The RPN's test-time proposals for each image: `boxes` (xyxy in the image's pixels) and `objectness`, most confident first."
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    with torch_threads(num_threads):
-        for i in range(0, len(images), batch_size):
-            chunk = [(im.float() / 255 if im.dtype == torch.uint8 else im.float()).to(device) for im in images[i:i + batch_size]]
-            il, _ = model.transform(chunk)
-            boxes, scores, _ = model.rpn.propose(il, model.backbone(il.tensors))
-            for b, s, size, im in zip(boxes, scores, il.image_sizes, chunk):
-                order = s.argsort(descending=True)
-                out.append(dict(boxes=resize_boxes(b[order], list(size), list(im.shape[-2:])).cpu(), objectness=s[order].cpu()))
-    model.train(was_training)
+    for chunk in eval_batches(model, images, batch_size, num_threads=num_threads):
+        il, _ = model.transform(chunk)
+        boxes, scores, _ = model.rpn.propose(il, model.backbone(il.tensors))
+        for b, s, size, im in zip(boxes, scores, il.image_sizes, chunk):
+            order = s.argsort(descending=True)
+            out.append(dict(boxes=resize_boxes(b[order], list(size), list(im.shape[-2:])).cpu(), objectness=s[order].cpu()))
     return out
 
 def rpn_recall(model: SparseDetRCNN, dataset, iou: float = 0.5, top_k: int | None = None, batch_size: int = 8,
