@@ -30,7 +30,10 @@ METRIC_CHECKS = {
     "32_generator_neurons": lambda m: {(r["annotation"], r["init"]) for r in m["table1"]} >= {
         ("Neurons", "random"), ("Neurons + label smoothing", "random"), ("Neurons + CLIP consistency", "random"),
         ("Oracle", "random")} and all(0 <= r["f1"] <= 1 for r in m["table1"] if r["status"] == "ok")
-        and m["detector"]["units"],
+        and m["detector"]["units"]
+        # label-free adaptation: CLIP picks the neuron rows' threshold, labels only the oracle's; the unadapted F1 is kept
+        and all(r["threshold_rule"] == ("val" if r["annotation"] == "Oracle" else "clip")
+                and (r["annotation"] == "Oracle" or 0 <= r["f1_unadapted"] <= 1) for r in m["table1"] if r["status"] == "ok"),
     "43_train_object_vits": lambda m: all(math.isfinite(m[s]["final_loss"]) and 0 <= m[s]["knn_accuracy"] <= 1
                                           and m[s]["checkpoint_mb"] > 0 for s in m["supervisions"]),
     "44_vit_supervision": lambda m: (len(m["models"]) == 3 and m["n_images"] >= 200

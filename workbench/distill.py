@@ -25,13 +25,13 @@ log = get_logger("distill")
 
 # %% auto #0
 __all__ = ['log', 'IMAGENET_MEAN', 'IMAGENET_STD', 'DEFAULT_DECODER_CHANNELS', 'DEFAULT_PRIOR', 'ENCODER_WEIGHTS_SOURCES',
-           'DEFAULT_MIN_AREA', 'DEFAULT_JOIN', 'THRESHOLD_GRID', 'TABLE1_ANNOTATIONS', 'DISTILL_PROFILES',
-           'TABLE1_INITS', 'MaskSet', 'maskset_from_world', 'split', 'encoder_weights_path', 'find_encoder_weights',
-           'load_encoder_weights', 'build_unet', 'unet', 'save_unet', 'normalize_images', 'dihedral', 'augment_batch',
-           'dice_loss_on', 'TrainResult', 'bf16_autocast_available', 'train_segmenter', 'predict_probs',
-           'predict_masks', 'toy_squares', 'mask_objects', 'mask_object_boxes', 'evaluate_boxes', 'pixel_iou',
-           'evaluate_segmenter', 'calibrate_threshold', 'table1_row', 'table1', 'render_table1', 'plot_table1',
-           'run_table1']
+           'DEFAULT_MIN_AREA', 'DEFAULT_JOIN', 'THRESHOLD_GRID', 'CLIP_THRESHOLD_GRID', 'TABLE1_ANNOTATIONS',
+           'DISTILL_PROFILES', 'TABLE1_INITS', 'MaskSet', 'maskset_from_world', 'split', 'encoder_weights_path',
+           'find_encoder_weights', 'load_encoder_weights', 'build_unet', 'unet', 'save_unet', 'normalize_images',
+           'dihedral', 'augment_batch', 'dice_loss_on', 'TrainResult', 'bf16_autocast_available', 'train_segmenter',
+           'predict_probs', 'predict_masks', 'toy_squares', 'mask_objects', 'mask_object_boxes', 'evaluate_boxes',
+           'pixel_iou', 'evaluate_segmenter', 'calibrate_threshold', 'adapt_batchnorm', 'clip_threshold', 'table1_row',
+           'table1', 'render_table1', 'plot_table1', 'run_table1']
 
 # %% ../nbs/31_distill.ipynb #8bca543c
 @dataclass
@@ -362,6 +362,49 @@ def calibrate_threshold(model: nn.Module, val: MaskSet, grid: Sequence[float] = 
     return max(grid, key=lambda t: (f1[t], -abs(t - 0.5))), f1
 
 # %% ../nbs/31_distill.ipynb #f989f808
+CLIP_THRESHOLD_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+def _unlabeled(images, what: str = "unlabeled images") -> torch.Tensor:
+    images = torch.as_tensor(images)
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
+        raise InputError(f"{what}: expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if len(images) < 2: raise InputError(f"{what}: {len(images)} image(s); at least 2 are needed")
+    return images
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 64, device=None) -> nn.Module:
+    """AdaBN: a copy of `model` whose batch-norm statistics are re-estimated (a plain average over all batches) on
+    unlabeled uint8 `images` (N, 3, H, W) of the domain it will run on; weights untouched; returned in eval mode."""
+    images = _unlabeled(images)
+    device = get_device(device)
+    adapted = copy.deepcopy(model).to(device)
+    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms: m.reset_running_stats(); m.momentum = None          # momentum None: cumulative average
+    if norms:
+        adapted.train()
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size]
+            if len(x) >= 2: adapted(normalize_images(x.to(device)))      # a last batch of one has no variance
+    return adapted.eval()
+
+@torch.no_grad()
+def clip_threshold(model: nn.Module, images: torch.Tensor, scorer, prompt: str, grid: Sequence[float] = CLIP_THRESHOLD_GRID,
+                   batch_size: int = 64, device=None) -> tuple[float, dict]:
+    """The mask threshold of `grid` whose masks on unlabeled uint8 `images` CLIP (`scorer.masked_similarity`) rates most
+    like `prompt`, by mean masked cosine similarity (ties: the one nearest 0.5), and the similarity of each."""
+    images = _unlabeled(images)
+    if not grid: raise InputError("clip_threshold: empty threshold grid")
+    probs = predict_probs(model, images, batch_size, device)
+    total = {t: 0.0 for t in grid}
+    for i in range(0, len(images), batch_size):
+        x = (images[i:i + batch_size].float() / 255).to(scorer.device)
+        for t in grid:
+            m = (probs[i:i + batch_size] > t)[:, None].to(scorer.device)
+            total[t] += scorer.masked_similarity(x, m, [prompt])[:, 0].float().sum().item()
+    sims = {t: total[t] / len(images) for t in grid}
+    return max(grid, key=lambda t: (sims[t], -abs(t - 0.5))), sims
+
+# %% ../nbs/31_distill.ipynb #eba6ebf0
 TABLE1_ANNOTATIONS = ("Neurons", "Neurons + label smoothing", "Neurons + CLIP consistency", "Oracle")
 # Sizes measured for the aerial world at 64 px (see "Choosing the smoke profile" below); a pipeline notebook copies them
 # into its own literal PROFILES.
@@ -458,20 +501,40 @@ def plot_table1(rows: Sequence[Mapping], ax=None):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/31_distill.ipynb #6c8df6e8
+# %% ../nbs/31_distill.ipynb #2cd602d2
 def run_table1(train_sets: Mapping[str, MaskSet], test: MaskSet, inits: Sequence[str] = TABLE1_INITS, epochs: int = 20,
                batch_size: int = 32, lr: float = 1e-3, val_fraction: float = 0.2, seed: int = 0, device=None,
                encoder: str = "resnet18", decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS, augment: bool = True,
-               schedule: str = "cosine", amp: bool | None = None, threshold: float | str = "val", min_area: int = DEFAULT_MIN_AREA,
-               gt_min_area: int = 1, join: int = DEFAULT_JOIN, weights_dir: Path | str | None = None, models: dict | None = None) -> list[dict]:
+               schedule: str = "cosine", amp: bool | None = None, threshold: float | str | Mapping[str, float | str] = "val",
+               min_area: int = DEFAULT_MIN_AREA, gt_min_area: int = 1, join: int = DEFAULT_JOIN, weights_dir: Path | str | None = None,
+               models: dict | None = None, unlabeled: torch.Tensor | None = None, adapt_bn: bool | Sequence[str] = True, scorer=None,
+               prompt: str | None = None) -> list[dict]:
     """Train one U-Net per (annotation, init) on `train_sets[annotation]` (best validation epoch on a `val_fraction` split of it),
-    score it on `test`, and return the Table 1 rows. `threshold`: a number, or 'val' to pick it on the validation split
-    (`calibrate_threshold`). A pretrained encoder whose weights are missing gives unavailable rows with the reason.
-    Pass a dict as `models` to receive the trained models keyed by (annotation, init)."""
+    score it on `test`, and return the Table 1 rows. `threshold`: a number, 'val' (`calibrate_threshold` on the validation
+    split) or 'clip' (`clip_threshold` on `unlabeled` with `scorer` and `prompt`: no label), or a dict of those by annotation
+    (missing annotations: 'val'); rows whose threshold CLIP chose also record the test F1 at every candidate. `unlabeled`:
+    uint8 images of the test domain, without labels; with `adapt_bn` (True: every row; or the annotations to adapt) a
+    model's batch-norm statistics are re-estimated on them (`adapt_batchnorm`) before thresholding and testing, and
+    its row also records the F1 of the unadapted model (`f1_unadapted`, same threshold rule). A pretrained encoder whose weights are
+    missing gives unavailable rows with the reason. Pass a dict as `models` to receive the (adapted) models keyed by (annotation, init)."""
     if not train_sets: raise InputError("run_table1: no training sets given")
     for i in inits: one_of("init", i, TABLE1_INITS)
-    if isinstance(threshold, str): one_of("threshold", threshold, ["val"])
-    if threshold == "val" and val_fraction <= 0: raise InputError("threshold='val' needs a validation split: val_fraction > 0")
+    rules = {a: (threshold.get(a, "val") if isinstance(threshold, Mapping) else threshold) for a in train_sets}
+    for a, r in rules.items():
+        if isinstance(r, str): one_of(f"threshold of {a!r}", r, ["val", "clip"])
+        if r == "val" and val_fraction <= 0: raise InputError("threshold='val' needs a validation split: val_fraction > 0")
+        if r == "clip" and (scorer is None or not prompt or unlabeled is None):
+            raise InputError(f"threshold='clip' (for {a!r}) needs a CLIP scorer, a prompt and unlabeled images")
+    if unlabeled is not None: unlabeled = _unlabeled(unlabeled, "run_table1: unlabeled")
+    adapt = set(train_sets) if adapt_bn is True else set() if not adapt_bn else set(adapt_bn)
+    if unknown := adapt - set(train_sets): raise InputError(f"adapt_bn names {sorted(unknown)}, not among the training sets {list(train_sets)}")
+
+    def pick(model, annotation, va):
+        "The threshold of `annotation`'s rule for `model`, and CLIP's similarity per candidate when CLIP chose it."
+        r = rules[annotation]
+        if r == "val": return calibrate_threshold(model, va, min_area=min_area, gt_min_area=gt_min_area, join=join, device=device)[0], None
+        if r == "clip": return clip_threshold(model, unlabeled, scorer, prompt, device=device)
+        return float(r), None
     unavailable = {}
     for init in inits:
         if _INIT_WEIGHTS[init] is None: continue
@@ -488,10 +551,21 @@ def run_table1(train_sets: Mapping[str, MaskSet], test: MaskSet, inits: Sequence
                                        reason_short=unavailable[init]["reason_short"])); continue
             model = build_unet(encoder, _INIT_WEIGHTS[init], decoder_channels, seed=seed, weights_dir=weights_dir)
             res = train_segmenter(model, tr, va, epochs, batch_size, lr, seed, device, augment, schedule, amp, desc=f"{annotation} / {init}")
-            thr = calibrate_threshold(res.model, va, min_area=min_area, gt_min_area=gt_min_area, join=join, device=device)[0] if threshold == "val" else threshold
-            m = evaluate_segmenter(res.model, test, thr, min_area, gt_min_area, join, device=device)
+            final, extra = res.model, {}
+            if unlabeled is not None and annotation in adapt:
+                thr0, _ = pick(res.model, annotation, va)
+                m0 = evaluate_segmenter(res.model, test, thr0, min_area, gt_min_area, join, device=device)
+                final = adapt_batchnorm(res.model, unlabeled, device=device)
+                extra = dict(f1_unadapted=m0["f1"], threshold_unadapted=thr0, adapted_on=len(unlabeled))
+            thr, sims = pick(final, annotation, va)
+            m = evaluate_segmenter(final, test, thr, min_area, gt_min_area, join, device=device)
+            if sims is not None:
+                probs = predict_probs(final, test.images, device=device)
+                extra["clip_similarity_by_threshold"] = {str(t): round(v, 4) for t, v in sims.items()}
+                extra["f1_by_threshold"] = {str(t): round(evaluate_boxes(probs > t, test.masks, 0.5, min_area, gt_min_area, join)["f1"], 4) for t in sims}
             rows.append(table1_row(annotation, init, m, n_train=len(tr), n_val=len(va), n_test=len(test), best_epoch=res.best_epoch,
                                    best_val_dice_loss=res.best_val, epochs=epochs, train_seconds=round(res.seconds, 1),
-                                   threshold=thr, min_area=min_area, join=join))
-            if models is not None: models[(annotation, init)] = res.model
+                                   threshold=thr, threshold_rule=rules[annotation] if isinstance(rules[annotation], str) else "fixed",
+                                   min_area=min_area, join=join, **extra))
+            if models is not None: models[(annotation, init)] = final
     return table1(rows)

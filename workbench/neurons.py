@@ -281,7 +281,7 @@ VARIANTS = ("plain", "smoothing", "clip")
 
 def pseudo_label_set(gen: GeneratorAdapter, detector: NeuronDetector, n: int, variant: str = "plain",
                      first_seed: int = 1_000_000, scorer=None, tau: float | None = None, epsilon: float = 0.1,
-                     batch_size: int = 64, max_draws: int | None = None) -> PseudoLabels:
+                     batch_size: int = 64, max_draws: int | None = None, one_sided: bool = True) -> PseudoLabels:
     "`n` generated images with detector masks as targets, in one of the variants plain | smoothing | clip."
     if variant not in VARIANTS: raise InputError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
     if variant == "clip" and (scorer is None or tau is None):
@@ -308,7 +308,7 @@ def pseudo_label_set(gen: GeneratorAdapter, detector: NeuronDetector, n: int, va
     if got < n:
         raise InputError(f"CLIP consistency kept only {got} of {drawn} generated images at tau={tau}; lower tau or raise max_draws")
     targets = torch.cat(tgts)
-    if variant == "smoothing": targets = targets * (1 - epsilon) + epsilon / 2
+    if variant == "smoothing": targets = targets * (1 - epsilon) if one_sided else targets * (1 - epsilon) + epsilon / 2
     meta = dict(drawn=drawn, kept=got, acceptance=got / drawn, empty_masks=int((targets.flatten(1).amax(1) < 0.5).sum()))
     if sims_all: meta.update(tau=tau, similarity_mean=torch.cat(sims_all).mean().item())
     return PseudoLabels(torch.cat(imgs), targets, torch.cat(kept_seeds), variant, meta)
