@@ -14,8 +14,8 @@ from workbench.vit_analysis import block_attention_layers, collect_attention, in
 from workbench.vit_training import (DINO_LOCAL_VIEW, SUPERVISIONS, DINOHead, DINOLoss, MultiCropNet, ViewSpec,
                                     cosine_schedule, ema_update_, encode_visible, evaluate_object_vit, make_views,
                                     mae_loss, new_object_vit, object_vit_checkpoint, object_vit_config, patch_targets,
-                                    patchify, random_crop_boxes, random_masking, render_pool, rotate_hue, save_object_vit,
-                                    sinkhorn_knopp, train_dino, train_mae, train_object_vit, train_supervised, unpatchify)
+                                    koleo_loss, patchify, random_crop_boxes, random_masking, render_pool, rotate_hue,
+                                    save_object_vit, sinkhorn_knopp, train_dino, train_mae, train_object_vit, train_supervised, unpatchify)
 from workbench.worlds import ObjectWorld
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
@@ -202,6 +202,47 @@ def test_dino_sinkhorn_bn_head_does_not_collapse(pool):
     assert min(h["batch_entropy"]) > 0.9 * math.log(16)                  # every prototype used: no collapse onto a few
     assert np.mean(h["teacher_entropy"][-5:]) < 0.9 * math.log(16)        # and not uniform per image
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in r.parts["student"].head.modules())
+
+
+def test_koleo_loss_by_hand_and_spreading():
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.1]])
+    xn = F.normalize(x, dim=-1)
+    d = torch.cdist(xn, xn) + torch.diag(torch.full((3,), 9.0))
+    assert torch.allclose(koleo_loss(x), -torch.log(d.min(1).values).mean(), atol=1e-5)   # nearest other row, scale-free
+    clumped = F.normalize(torch.ones(8, 4) + 0.01 * torch.randn(8, 4, generator=torch_generator(0)), dim=-1)
+    spread = torch.cat([torch.eye(4), -torch.eye(4)])                     # 8 points, nearest neighbour at sqrt(2)
+    assert koleo_loss(spread) == pytest.approx(-math.log(math.sqrt(2)), abs=1e-5) and koleo_loss(spread) < koleo_loss(clumped)
+    with pytest.raises(InputError, match="at least 2"):
+        koleo_loss(torch.ones(1, 4))
+    # gradient descent on it spreads the rows apart
+    y = clumped.clone().requires_grad_(True)
+    opt = torch.optim.SGD([y], lr=0.05)
+    for _ in range(30):
+        opt.zero_grad(); koleo_loss(y).backward(); opt.step()
+    yn = F.normalize(y.detach(), dim=-1)
+    assert (yn @ yn.T - torch.eye(8)).max() < (clumped @ clumped.T - torch.eye(8)).max()
+
+
+def test_dino_loss_koleo_option(pool):
+    s, t = torch.randn(8, 4, generator=torch_generator(0)), torch.randn(4, 4, generator=torch_generator(1))
+    feats = torch.randn(8, 6, generator=torch_generator(2))               # rows of 4 crops × batch 2, global crops first
+    plain = DINOLoss(4)(s, t, 0.04)
+    with_k = DINOLoss(4, koleo_weight=0.5)
+    value = with_k(s, t, 0.04, student_features=feats)
+    assert torch.allclose(value, plain + 0.5 * (koleo_loss(feats[:2]) + koleo_loss(feats[2:4])), atol=1e-6)
+    assert with_k.last_koleo == pytest.approx(float(koleo_loss(feats[:2]) + koleo_loss(feats[2:4])) / 2, abs=1e-5)
+    with pytest.raises(InputError, match="global crops"):
+        with_k(s, t, 0.04)
+    with pytest.raises(InputError, match="koleo_weight"):
+        DINOLoss(4, koleo_weight=-1)
+    images, _ = pool
+    kw = dict(steps=4, batch_size=8, out_dim=32, hidden_dim=32, bottleneck_dim=16, n_local=1, momentum=0.9, seed=0, device="cpu")
+    r = train_dino(tiny(), images[:16], koleo_weight=0.1, **kw)
+    h = r.history
+    assert len(h.extra["koleo"]) == 4 and all(math.isfinite(v) for v in h.extra["koleo"])
+    assert np.allclose(np.array(h.loss) - np.array(h.extra["teacher_entropy"]) - 0.2 * np.array(h.extra["koleo"]),
+                       h.extra["kl"], atol=1e-4)
+    assert "koleo" not in train_dino(tiny(), images[:16], **kw).history.extra
 
 
 # ------------------------------------------------------------------ MAE

@@ -35,11 +35,12 @@ __all__ = ['log', 'OBJECT_MEAN', 'OBJECT_STD', 'SUPERVISIONS', 'SUPERVISED_VIEW'
            'MAE_VIEW', 'object_vit', 'object_vit_preprocess', 'object_vit_config', 'seeded', 'new_object_vit',
            'save_object_vit', 'render_pool', 'batch_indices', 'ViewSpec', 'random_crop_boxes', 'crop_resize',
            'gaussian_blur', 'rotate_hue', 'normalize', 'make_views', 'cosine_schedule', 'param_groups',
-           'make_optimizer', 'TrainHistory', 'TrainResult', 'train_supervised', 'DINOHead', 'MultiCropNet', 'DINOLoss',
-           'sinkhorn_knopp', 'ema_update_', 'train_dino', 'patchify', 'unpatchify', 'patch_targets', 'PatchMask',
-           'random_masking', 'encode_visible', 'sincos_pos_embed', 'MAEDecoder', 'mae_loss', 'train_mae',
-           'mae_reconstruct', 'train_object_vit', 'ViTEvaluation', 'evaluate_object_vit', 'cls_attention_maps',
-           'plot_cls_attention', 'plot_histories', 'project_root', 'object_vit_checkpoint', 'publish_object_vit']
+           'make_optimizer', 'TrainHistory', 'TrainResult', 'train_supervised', 'DINOHead', 'MultiCropNet',
+           'koleo_loss', 'DINOLoss', 'sinkhorn_knopp', 'ema_update_', 'train_dino', 'patchify', 'unpatchify',
+           'patch_targets', 'PatchMask', 'random_masking', 'encode_visible', 'sincos_pos_embed', 'MAEDecoder',
+           'mae_loss', 'train_mae', 'mae_reconstruct', 'train_object_vit', 'ViTEvaluation', 'evaluate_object_vit',
+           'cls_attention_maps', 'plot_cls_attention', 'plot_histories', 'project_root', 'object_vit_checkpoint',
+           'publish_object_vit']
 
 # %% ../nbs/42_vit_training.ipynb #bedd8a65
 OBJECT_MEAN, OBJECT_STD = IMAGENET_MEAN, IMAGENET_STD
@@ -357,7 +358,8 @@ class MultiCropNet(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, crops: Sequence[torch.Tensor], return_features: bool = False):
+        "Head outputs of all crops (rows in crop order); with `return_features` also the backbone's pooled features (the class token after the final norm) of the same rows."
         feats, i = [], 0
         while i < len(crops):
             j = i
@@ -365,16 +367,30 @@ class MultiCropNet(nn.Module):
             x = torch.cat(list(crops[i:j]))
             feats.append(self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True))
             i = j
-        return self.head(torch.cat(feats))
+        feats = torch.cat(feats)
+        return (self.head(feats), feats) if return_features else self.head(feats)
+
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    "KoLeo regulariser (Sablayrolles et al. 2019; DINOv2): −mean log distance of each L2-normalised row of `x` (B, D) to its nearest other row; lower when the rows spread out."
+    if len(x) < 2: raise InputError(f"koleo_loss: needs at least 2 rows, got {len(x)}")
+    x = F.normalize(x.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        sim = x @ x.T
+        sim.fill_diagonal_(-2)
+        nearest = sim.argmax(1)
+    return -torch.log(F.pairwise_distance(x, x[nearest], eps=eps) + eps).mean()
 
 class DINOLoss(nn.Module):
     """Cross-entropy between the sharpened teacher distribution of each global crop and the student's of every other crop.
     The teacher is centred by a running mean of its outputs (`centering='mean'`, DINO) or balanced over the batch by
-    Sinkhorn-Knopp (`centering='sinkhorn'`, DINOv2: every prototype gets an equal share of the batch)."""
+    Sinkhorn-Knopp (`centering='sinkhorn'`, DINOv2: every prototype gets an equal share of the batch). With
+    `koleo_weight` > 0 the KoLeo regulariser of the student's backbone features of each global crop is added (DINOv2)."""
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9, centering: str = "mean",
-                 sinkhorn_iters: int = 3):
+                 sinkhorn_iters: int = 3, koleo_weight: float = 0.0):
         super().__init__()
         self.student_temp, self.center_momentum, self.sinkhorn_iters = student_temp, center_momentum, sinkhorn_iters
+        if koleo_weight < 0: raise InputError(f"DINOLoss: koleo_weight={koleo_weight}; valid: a number >= 0")
+        self.koleo_weight, self.last_koleo = float(koleo_weight), float("nan")
         self.centering = one_of("centering", centering, ("mean", "sinkhorn"))
         self.register_buffer("center", torch.zeros(1, out_dim))
 
@@ -383,7 +399,9 @@ class DINOLoss(nn.Module):
         if self.centering == "sinkhorn": return sinkhorn_knopp(teacher_out / teacher_temp, self.sinkhorn_iters)
         return F.softmax((teacher_out - self.center) / teacher_temp, dim=-1)
 
-    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float, n_global: int = 2) -> torch.Tensor:
+    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float, n_global: int = 2,
+                student_features: torch.Tensor | None = None) -> torch.Tensor:
+        "The loss; `student_features` (rows of the global crops first, as in `student_out`) are needed when `koleo_weight` > 0."
         b = len(teacher_out) // n_global
         if b * n_global != len(teacher_out) or len(student_out) % b:
             raise InputError(f"DINOLoss: {len(teacher_out)} teacher rows for {n_global} global crops and {len(student_out)} student rows do not share a batch size")
@@ -395,7 +413,12 @@ class DINOLoss(nn.Module):
                 if v == iq: continue
                 total = total + (-q * F.log_softmax(sv, dim=-1)).sum(-1).mean(); n += 1
         self.update_center(teacher_out)
-        return total / n
+        if not self.koleo_weight: return total / n
+        if student_features is None or len(student_features) < b * n_global:
+            raise InputError(f"DINOLoss: koleo_weight={self.koleo_weight} needs the student's features of the {n_global} global crops ({b * n_global} rows)")
+        koleo = sum(koleo_loss(f) for f in student_features[:b * n_global].chunk(n_global))
+        self.last_koleo = float(koleo.detach()) / n_global
+        return total / n + self.koleo_weight * koleo
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor):
@@ -427,7 +450,7 @@ def train_dino(model: nn.Module, images: torch.Tensor, steps: int, batch_size: i
                local_view: ViewSpec = DINO_LOCAL_VIEW, student_temp: float = 0.1, teacher_temp: float = 0.07,
                warmup_teacher_temp: float = 0.04, teacher_temp_warmup: float = 0.3, momentum: float = 0.996,
                center_momentum: float = 0.9, centering: str = "mean", freeze_last_layer: int | None = None, use_bn: bool = False,
-               norm_last_layer: bool = True, grad_clip: float = 3.0, seed: int = 0,
+               norm_last_layer: bool = True, koleo_weight: float = 0.0, grad_clip: float = 3.0, seed: int = 0,
                device=None, callback=None, callback_every: int = 0) -> TrainResult:
     """DINO self-distillation of `model` (the student, trained in place) on unlabeled `images`. Returns the teacher's
     backbone as `.model` (what DINO evaluates); `.parts` holds the teacher and student (with heads) and the loss (centre)."""
@@ -438,7 +461,7 @@ def train_dino(model: nn.Module, images: torch.Tensor, steps: int, batch_size: i
         device, gen = _prepare(model, device), torch_generator(seed)
         student = MultiCropNet(model, head).to(device).train()
         teacher = copy.deepcopy(student).requires_grad_(False)
-        loss_fn = DINOLoss(out_dim, student_temp, center_momentum, centering).to(device)
+        loss_fn = DINOLoss(out_dim, student_temp, center_momentum, centering, koleo_weight=koleo_weight).to(device)
         batches = batch_indices(len(images), batch_size, gen)
         opt = make_optimizer(student, lr, weight_decay if isinstance(weight_decay, (int, float)) else weight_decay[0])
         temp_steps = max(1, int(teacher_temp_warmup * steps))
@@ -453,10 +476,15 @@ def train_dino(model: nn.Module, images: torch.Tensor, steps: int, batch_size: i
             with torch.no_grad():
                 t_out = teacher(globals_)
                 p = loss_fn.teacher_probs(t_out, temp(step))
-            loss = loss_fn(student(globals_ + locals_), t_out, temp(step))
+            s_out, s_feats = student(globals_ + locals_, return_features=True)
+            loss = loss_fn(s_out, t_out, temp(step), student_features=s_feats)
             h_t = float(_entropy(p).mean())
-            return loss, dict(teacher_temp=temp(step), momentum=mom(step), teacher_entropy=h_t,
-                              batch_entropy=float(_entropy(p.mean(0))), kl=float(loss.detach()) - h_t)
+            extra = dict(teacher_temp=temp(step), momentum=mom(step), teacher_entropy=h_t, batch_entropy=float(_entropy(p.mean(0))),
+                         kl=float(loss.detach()) - h_t)
+            if koleo_weight:                                                      # the KoLeo term is not part of the KL
+                extra["koleo"] = loss_fn.last_koleo
+                extra["kl"] -= koleo_weight * len(global_views) * loss_fn.last_koleo
+            return loss, extra
 
         def before_step(step):
             if step < freeze: head.last_layer.weight.grad = None
