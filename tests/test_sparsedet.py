@@ -269,6 +269,24 @@ def test_merged_detections_reach_the_augmented_branch(data):
     assert losses["loss_ssl"].requires_grad   # the consistency loss trains the network
 
 
+@pytest.mark.parametrize("target", ["original", "both"])
+def test_consistency_target(data, target):
+    "With ssl_target='original' the original view's features are a fixed target: the consistency loss sends no gradient into that view."
+    _, sparse = data
+    cfg = SparseDetConfig(**LOW, ssl_target=target)
+    det = build_detector(2, **SMALL).enable_common_rpn().train()
+    batch = [sparse[i] for i in range(3)]
+    images = [(s.image.float() / 255).requires_grad_() for s in batch]
+    views = [augment_view(im.detach(), s.boxes, torch_generator(0), cfg)[0].requires_grad_() for im, s in zip(images, batch)]
+    losses, _ = det.sparsedet_losses(images, [dict(boxes=s.boxes, labels=s.labels + 1) for s in batch], views, cfg)
+    assert losses["loss_ssl"] > 0
+    g_o = torch.autograd.grad(losses["loss_ssl"], images, retain_graph=True, allow_unused=True)
+    g_a = torch.autograd.grad(losses["loss_ssl"], views, allow_unused=True)
+    n_o = sum(float(g.abs().sum()) for g in g_o if g is not None)
+    assert sum(float(g.abs().sum()) for g in g_a if g is not None) > 0
+    assert (n_o == 0) if target == "original" else (n_o > 0)
+
+
 def test_augmented_view_leaves_batchnorm_running_stats_alone(data):
     "The running statistics (what clean test images are normalised with) must come from the clean images only."
     _, sparse = data
@@ -298,6 +316,7 @@ def test_config_validation():
     with pytest.raises(InputError, match="use_ssl=True needs use_ppm=True"): SparseDetConfig(use_ppm=False)
     with pytest.raises(InputError, match="use_merge=True needs use_aug_branch=True"): SparseDetConfig(use_aug_branch=False)
     with pytest.raises(InputError, match="tau_ppm"): SparseDetConfig(tau_ppm=1.5)
+    with pytest.raises(InputError, match="valid: original, both"): SparseDetConfig(ssl_target="augmented")
     with pytest.raises(InputError, match="erase_area"): SparseDetConfig(erase_area=(0.7, 0.4))
 
 

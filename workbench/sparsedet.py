@@ -38,15 +38,17 @@ from .saod import SplitResult, coco_ap, make_split, mining_quality, proposal_rec
 log = get_logger("sparsedet")
 
 # %% auto #0
-__all__ = ['log', 'ABLATIONS', 'RECTANGLE_COLORS', 'BACKBONES', 'SMALL_IMAGE', 'MODES', 'OPTIMIZERS', 'SparseDetConfig',
-           'ablation_config', 'samples_to_coco', 'SparseDetectionDataset', 'rectangle_samples', 'photometric_cascade',
-           'box_erase', 'augment_view', 'CommonRPNHead', 'ScoredRPN', 'SparseRoIHeads', 'MinedBoxes',
-           'pseudo_positive_mining', 'protected_from_negatives', 'merge_ground_truth', 'running_stats_frozen',
-           'SparseDetRCNN', 'combine_losses', 'build_detector', 'MiningRecord', 'MiningLog', 'torch_threads',
-           'TrainResult', 'train_detector', 'eval_batches', 'predict', 'evaluate_detector', 'evaluate_mining',
-           'gap_closed', 'rpn_proposals', 'rpn_recall']
+__all__ = ['log', 'SSL_TARGETS', 'ABLATIONS', 'RECTANGLE_COLORS', 'BACKBONES', 'SMALL_IMAGE', 'MODES', 'OPTIMIZERS',
+           'SparseDetConfig', 'ablation_config', 'samples_to_coco', 'SparseDetectionDataset', 'rectangle_samples',
+           'photometric_cascade', 'box_erase', 'augment_view', 'CommonRPNHead', 'ScoredRPN', 'SparseRoIHeads',
+           'MinedBoxes', 'pseudo_positive_mining', 'protected_from_negatives', 'merge_ground_truth',
+           'running_stats_frozen', 'SparseDetRCNN', 'combine_losses', 'build_detector', 'MiningRecord', 'MiningLog',
+           'torch_threads', 'TrainResult', 'train_detector', 'eval_batches', 'predict', 'evaluate_detector',
+           'evaluate_mining', 'gap_closed', 'rpn_proposals', 'rpn_recall']
 
 # %% ../nbs/51_sparsedet.ipynb #e7bde1f3
+SSL_TARGETS = ("original", "both")
+
 @dataclass
 class SparseDetConfig:
     "Thresholds, augmentation ranges and component switches of SparseDet (defaults: the thesis)."
@@ -58,6 +60,7 @@ class SparseDetConfig:
     ppm_nms: float = 0.3            # class-agnostic NMS among pseudo-positives
     merge_nms: float = 0.5          # class-wise IoU at which a detection duplicates an annotation
     ssl_weight: float = 1.0
+    ssl_target: str = "original"    # original: f_o is the target (no gradient); both: gradient into both views
     log_min_objectness: float = 0.5  # the mining log keeps NMS'd candidates down to this objectness (widget threshold slider)
     use_common_rpn: bool = True
     use_ppm: bool = True
@@ -85,6 +88,7 @@ class SparseDetConfig:
             raise InputError("SparseDetConfig: use_ssl=True needs use_ppm=True (the consistency loss acts on mined pseudo-positives)")
         if self.use_merge and not self.use_aug_branch:
             raise InputError("SparseDetConfig: use_merge=True needs use_aug_branch=True (the merged ground truth trains the augmented branch)")
+        one_of("SparseDetConfig.ssl_target", self.ssl_target, SSL_TARGETS)
         if self.ssl_weight < 0 or self.lighting < 0 or self.erase_boxes < 0:
             raise InputError("SparseDetConfig: ssl_weight, lighting and erase_boxes must be >= 0")
 
@@ -522,7 +526,9 @@ class SparseDetRCNN(GeneralizedRCNN):
         if cfg.use_ssl:
             pp = [m.above(cfg.tau_ppm).boxes if m is not None else torch.zeros((0, 4), device=dev) for m in mined]
             if sum(len(b) for b in pp):
-                losses["loss_ssl"] = cfg.ssl_weight * F.mse_loss(self._box_features(f_a, pp, sizes), self._box_features(f_o, pp, sizes))
+                f_pa, f_po = self._box_features(f_a, pp, sizes), self._box_features(f_o, pp, sizes)
+                if cfg.ssl_target == "original": f_po = f_po.detach()
+                losses["loss_ssl"] = cfg.ssl_weight * F.mse_loss(f_pa, f_po)
             else:
                 losses["loss_ssl"] = torch.zeros((), device=dev)
         info = dict(n_merged=n_merged, mined=[None if m is None else
