@@ -526,8 +526,9 @@ class SparseDetRCNN(GeneralizedRCNN):
         if cfg.use_ssl:
             pp = [m.above(cfg.tau_ppm).boxes if m is not None else torch.zeros((0, 4), device=dev) for m in mined]
             if sum(len(b) for b in pp):
-                f_pa, f_po = self._box_features(f_a, pp, sizes), self._box_features(f_o, pp, sizes)
-                if cfg.ssl_target == "original": f_po = f_po.detach()
+                f_pa = self._box_features(f_a, pp, sizes)
+                with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ssl_target == "both"):   # a fixed target needs no graph
+                    f_po = self._box_features(f_o, pp, sizes)
                 losses["loss_ssl"] = cfg.ssl_weight * F.mse_loss(f_pa, f_po)
             else:
                 losses["loss_ssl"] = torch.zeros((), device=dev)
