@@ -269,6 +269,22 @@ def test_merged_detections_reach_the_augmented_branch(data):
     assert losses["loss_ssl"].requires_grad   # the consistency loss trains the network
 
 
+def test_unannotated_batch_with_every_proposal_protected_gives_finite_losses(data):
+    "Split-1 leaves images without annotations; early on every proposal can be a pseudo-positive: no sample, no nan."
+    _, sparse = data
+    cfg = SparseDetConfig(tau_ppm=0.0, tau_obj=0.0, log_min_objectness=0.0)
+    det = build_detector(2, **SMALL).enable_common_rpn().train()
+    batch = [sparse[i] for i in range(2)]
+    images = [s.image.float() / 255 for s in batch]
+    views = [augment_view(im, s.boxes, torch_generator(0), cfg)[0] for im, s in zip(images, batch)]
+    empty = [dict(boxes=torch.zeros((0, 4)), labels=torch.zeros(0, dtype=torch.int64)) for _ in batch]
+    losses, info = det.sparsedet_losses(images, empty, views, cfg, mining=True)
+    assert all(len(m[0]) for m in info["mined"])
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_classifier"] == 0 and losses["loss_classifier_aug"] == 0
+    combine_losses(losses).backward()   # still a graph: the step runs
+
+
 @pytest.mark.parametrize("target", ["original", "both"])
 def test_consistency_target(data, target):
     "With ssl_target='original' the original view's features are a fixed target: the consistency loss sends no gradient into that view."

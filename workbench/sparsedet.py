@@ -485,6 +485,9 @@ class SparseDetRCNN(GeneralizedRCNN):
     def _detection_loss(self, features, proposals, sizes, targets, not_negative):
         props, _, labels, reg_targets = self.roi_heads.select_training_samples(list(proposals), targets, not_negative)
         logits, reg = self.roi_heads.box_predictor(self._box_features(features, props, sizes))
+        if not sum(len(l) for l in labels):   # every proposal protected and no annotation: nothing to train (not 0/0 = nan)
+            zero = logits.sum() * 0 + reg.sum() * 0
+            return zero, zero.clone()
         return fastrcnn_loss(logits, reg, labels, reg_targets)
 
     @torch.no_grad()
