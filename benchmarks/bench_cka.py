@@ -1,4 +1,4 @@
-"""Benchmark: the full 12 × 12 layer minibatch CKA of a ViT-B/16 with `workbench.cka.CKAAccumulator` against a
+"""Benchmark: the full 12 × 12 layer minibatch CKA of a ViT-B/16 with `workbench.methods.cka.CKAAccumulator` against a
 public peer implementation, on the same cached features and the same minibatches.
 
 What is timed is the CKA only: per-layer features are extracted (or synthesised) once, saved, and every run
@@ -65,8 +65,8 @@ def synthetic_features(n: int, layers: int = 12, width: int = 768, seed: int = 0
 def vit_features(n: int, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     "Block outputs of a random-weight ViT-B/16 on `n` random 224 px images: {'vit-cls', 'vit-mean'} → (12, n, 768)."
     import timm
-    from workbench.cka import token_features
-    from workbench.hooks import Trace
+    from workbench.methods.cka import token_features
+    from workbench.models.hooks import Trace
     torch.manual_seed(seed)
     model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
     layers = [f"blocks.{i}" for i in range(len(model.blocks))]
@@ -114,7 +114,7 @@ def _status_kb(key: str) -> int:
 
 
 def run_ours(feats, loader, device, gram_dtype=torch.float64):
-    from workbench.cka import CKAAccumulator
+    from workbench.methods.cka import CKAAccumulator
     acc = CKAAccumulator(feats.shape[0], device=device, gram_dtype=gram_dtype)
     for (idx,) in loader:
         idx = idx.to(feats.device)

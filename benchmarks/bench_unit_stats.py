@@ -14,16 +14,16 @@ import time
 
 import torch
 
-from workbench.gan import aerial_gan, generator_adapter
-from workbench.generators import StyleGAN2Adapter
-from workbench.neurons import unit_statistics
+from workbench.models.gan import aerial_gan, generator_adapter
+from workbench.models.generators import StyleGAN2Adapter
+from workbench.methods.neurons import unit_statistics
 
 
 def build(arch: str):
     torch.manual_seed(0)
     if arch == "aerial":
         return generator_adapter(aerial_gan(64, channel_base=1024, channel_max=64).eval())
-    from workbench.gan import StyleGAN2Generator
+    from workbench.models.generators import StyleGAN2Generator
     G = StyleGAN2Generator(z_dim=64, c_dim=0, w_dim=64, img_resolution=64, img_channels=3,
                            mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=1024, channel_max=64))
     return StyleGAN2Adapter(G.eval())

@@ -21,7 +21,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from workbench.worlds import SIZES, WORLDS, make_world, materialize
+from workbench.data.worlds import SIZES, WORLDS, make_world, materialize
 
 
 def bench(world, n: int, repeats: int) -> dict:

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from workbench.core import InputError
-from workbench.sparsedet import (SparseDetConfig, SparseDetectionDataset, build_detector, evaluate_detector,
-                                 evaluate_mining, train_detector)
-from workbench.worlds import AerialWorld
+from workbench.methods.sparsedet import (SparseDetConfig, build_detector, evaluate_detector, evaluate_mining,
+                                         train_detector)
+from workbench.data.splits import SparseDetectionDataset
+from workbench.data.worlds import AerialWorld
 
 MODES = ("baseline", "sparsedet", "oracle")
 
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
         if h:
             for k in ("loss_ssl", "loss_classifier", "loss_classifier_aug", "loss_objectness", "n_pseudo_positives", "n_merged"):
                 if k in h[0]: row["mean_" + k] = round(float(np.mean([x[k] for x in h])), 4)
-            q = evaluate_mining(r.mining_log, sparse)
+            q = evaluate_mining(r.parts["mining_log"], sparse)
             row.update(recovery=round(q["recovery"], 4), precision=q["precision"] and round(q["precision"], 4), n_mined=q["n_mined"])
         print(json.dumps(row), flush=True)
 

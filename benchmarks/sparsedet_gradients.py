@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from workbench.core import torch_generator
-from workbench.sparsedet import SparseDetConfig, SparseDetectionDataset, augment_view, build_detector, train_detector
-from workbench.worlds import AerialWorld
+from workbench.methods.sparsedet import SparseDetConfig, augment_view, build_detector, train_detector
+from workbench.data.splits import SparseDetectionDataset
+from workbench.data.worlds import AerialWorld
 
 
 def grad_norm(value: torch.Tensor, params) -> float:

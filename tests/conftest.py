@@ -15,11 +15,8 @@ def one_thread():
     """Run each test of a module on one torch thread: small models gain nothing from more, and OpenMP threads that wait
     for each other on a loaded 2-core machine make them several times slower. Use with
     `pytestmark = pytest.mark.usefixtures("one_thread")`."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    from workbench.core import torch_threads
+    with torch_threads(1): yield
 
 
 @pytest.fixture
@@ -33,3 +30,12 @@ def isolated_settings(tmp_path, monkeypatch):
     for k in ["DATA_ROOT", "WEIGHTS_DIR", "RUNS_DIR", "DEVICE", "PROFILE", "SEED", "NUM_WORKERS", "ALLOW_DOWNLOAD"]:
         monkeypatch.delenv(f"WORKBENCH_{k}", raising=False)
     return proj
+
+
+def assert_names_argument(call, name: str):
+    "`call()` raises an `InputError` with one line that starts with the argument's name (the workbench's bad-input rule)."
+    from workbench.core import InputError
+    with pytest.raises(InputError) as e:
+        call()
+    msg = str(e.value)
+    assert msg.startswith(f"{name}:") and "\n" not in msg, msg

@@ -1,4 +1,4 @@
-"""workbench.cka against slow, explicit references: the U-statistic definition of unbiased HSIC, the centering-matrix
+"""workbench.methods.cka against slow, explicit references: the U-statistic definition of unbiased HSIC, the centering-matrix
 form of biased HSIC, and per-batch means computed one batch and one pair at a time."""
 import importlib.util
 import itertools
@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from workbench.cka import (CKAAccumulator, CKAError, CKAResult, FeatureTap, collect_cka, gram_stack, hsic_cross,
-                           hsic_self, linear_cka, minibatch_cka, plot_cka, token_features, vit_taps)
+from workbench.methods.cka import (CKAAccumulator, CKAError, CKAResult, FeatureTap, collect_cka, gram_stack,
+                                   hsic_cross, hsic_self, linear_cka, minibatch_cka, token_features, vit_taps)
+from workbench.viz.figures import plot_cka
 from workbench.core import InputError
 
 

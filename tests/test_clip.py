@@ -1,17 +1,19 @@
-"""workbench.clip: scoring with any open_clip CLIP, masked views, the small aerial CLIP, its training and evaluation."""
+"""workbench.models.clip: scoring with any open_clip CLIP, masked views, the small aerial CLIP, its training and evaluation."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from conftest import ROOT
-from workbench.clip import (AERIAL_PROMPT, OPENAI_MEAN, PAPER_TAU, VIEW_CLASSES, AerialPairs, ClipScorer, DedupClipLoss,
-                            blob_masks, calibrate_tau, image_config, mask_images, masked_view_report, masked_view_scores,
-                            masked_view_set, preprocess_images, present_classes, retrieval_accuracy, small_clip, small_clip_config, train_clip,
-                            view_class_map)
+from workbench.models.clip import (AERIAL_PROMPT, PAPER_TAU, VIEW_CLASSES, ClipScorer, blob_masks, calibrate_tau,
+                                   image_config, mask_images, masked_view_report, masked_view_scores,
+                                   masked_view_set, preprocess_images, present_classes, retrieval_accuracy,
+                                   small_clip, small_clip_config, view_class_map)
+from workbench.models.transforms import OPENAI_MEAN
+from workbench.train.clip import AerialPairs, DedupClipLoss, train_clip
 from workbench.core import InputError, torch_generator
-from workbench.registry import load_model, read_checkpoint, save_checkpoint
-from workbench.worlds import AerialWorld
+from workbench.models.registry import load_model, read_checkpoint, save_checkpoint
+from workbench.data.worlds import AerialWorld
 
 CHECKPOINT = ROOT / "checkpoints" / "aerial_clip.safetensors"
 
@@ -163,7 +165,7 @@ def test_dedup_loss_is_clip_loss_without_false_negatives():
 
 
 def _fixed_batch_loss(model, pairs):
-    from workbench.clip import preprocess_images as pp
+    from workbench.models.clip import preprocess_images as pp
     from open_clip.tokenizer import SimpleTokenizer
     imgs, caps, _ = pairs.batch(12, torch_generator(99), masked_fraction=0.5, augment=False)
     uniq = {c: j for j, c in enumerate(dict.fromkeys(caps))}
@@ -178,14 +180,14 @@ def test_training_reduces_loss_and_is_deterministic(samples):
     for _ in range(2):
         m = tiny_clip()
         before = _fixed_batch_loss(m, pairs)
-        hists.append(train_clip(m, pairs, steps=12, batch_size=12, lr=3e-3, seed=7, device="cpu", warmup=2))
+        hists.append(train_clip(m, pairs, steps=12, batch_size=12, lr=3e-3, seed=7, device="cpu", warmup=2).history)
         models.append(m)
     assert hists[0]["loss"] == hists[1]["loss"]
     assert all(torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()))
     assert _fixed_batch_loss(models[0], pairs) < before
     assert np.mean(hists[0]["loss"][-4:]) < np.mean(hists[0]["loss"][:4])
     assert not models[0].training
-    other = train_clip(tiny_clip(), pairs, steps=2, batch_size=12, seed=8, device="cpu")
+    other = train_clip(tiny_clip(), pairs, steps=2, batch_size=12, seed=8, device="cpu").history
     assert other["loss"] != hists[0]["loss"][:2]
     with pytest.raises(InputError, match="masked_fraction"):
         train_clip(tiny_clip(), pairs, steps=1, masked_fraction=2)

@@ -1,4 +1,4 @@
-"""Loaders and manifests of workbench.datasets on tiny fixture trees in each real format."""
+"""Loaders and manifests of workbench.data.datasets on tiny fixture trees in each real format."""
 import hashlib
 import json
 import logging
@@ -14,13 +14,12 @@ from PIL import Image
 from scipy.io import savemat
 
 from workbench.core import InputError
-from workbench.datasets import (
-    CIFAR10, CUB200, DAVIS2017, LOADERS, SPair71k, CocoDetection, DatasetError, Flowers102, ImageNetLoc,
-    SaliencyPairs, SamplePair, TinyImageNet, VOCDetection, collate_samples, dataset_status, file_digest,
-    get_manifest, list_datasets, load_array_pickle, load_manifests, manifests_dir, open_dataset, save_indexed_png,
-    verify_dataset, voc_palette, write_example,
-)
-from workbench.samples import Sample, masks_to_boxes
+from workbench.data.datasets import (CIFAR10, CUB200, DAVIS2017, LOADERS, SPair71k, CocoDetection, DatasetError,
+                                     Flowers102, ImageNetLoc, SaliencyPairs, SamplePair, TinyImageNet, VOCDetection,
+                                     collate_samples, dataset_status, file_digest, get_manifest, list_datasets,
+                                     load_array_pickle, load_manifests, manifests_dir, open_dataset,
+                                     save_indexed_png, verify_dataset, voc_palette, write_example)
+from workbench.data.samples import Sample, masks_to_boxes
 
 ALL = ["cifar10", "coco2017", "cub200", "davis2017", "dut_omron", "duts_te", "ecssd", "flowers102", "imagenet50",
        "imagenet_val", "partimagenet", "rareplanes", "spair71k", "tiny_imagenet", "voc2007", "voc2012"]

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.distill import (MaskSet, TABLE1_ANNOTATIONS, augment_batch, build_unet, dice_loss_on, evaluate_boxes,
-                               evaluate_segmenter, find_encoder_weights, mask_objects, maskset_from_world, plot_table1,
-                               predict_masks, render_table1, run_table1, save_unet, split, table1, table1_row, toy_squares,
-                               train_segmenter)
-from workbench.registry import WeightsMissingError, load_model
-from workbench.worlds import AerialWorld
+from workbench.data.samples import MaskSet, mask_objects, maskset_from_world
+from workbench.methods.distill import (TABLE1_ANNOTATIONS, Table1Config, augment_batch, build_unet, dice_loss_on,
+                                       evaluate_segmenter, find_encoder_weights, predict_masks, render_table1,
+                                       run_table1, save_unet, table1, table1_row, train_segmenter)
+from workbench.eval.boxes import evaluate_boxes
+from workbench.viz.figures import plot_table1
+from workbench.data.fixtures import toy_squares
+from workbench.models.registry import WeightsMissingError, load_model
+from workbench.data.worlds import AerialWorld
 
 SMALL = dict(decoder_channels=(32, 16, 16, 8, 8))
 
@@ -43,9 +46,9 @@ def test_dice_loss_falls_and_squares_are_found(toy, trained):
 def test_best_validation_weights_are_returned(toy, trained):
     _, val = toy
     vals = [e["val_loss"] for e in trained.history]
-    assert trained.best_epoch == 1 + int(np.argmin(vals))
-    assert trained.best_val == min(vals)
-    assert math.isclose(dice_loss_on(trained.model, val, batch_size=7), trained.best_val, abs_tol=1e-5)
+    assert trained.best["epoch"] == 1 + int(np.argmin(vals))
+    assert trained.best["val_loss"] == min(vals)
+    assert math.isclose(dice_loss_on(trained.model, val, batch_size=7), trained.best["val_loss"], abs_tol=1e-5)
     assert not trained.model.training
 
 
@@ -117,9 +120,9 @@ def test_maskset_from_world_is_the_union_of_airplane_masks():
         assert torch.equal(ms.masks[k], expected)
     cars = maskset_from_world(world, 8, class_name="car", start=3)
     assert not torch.equal(cars.targets, ms.targets)
-    tr, va = split(ms, 0.25, seed=0)
+    tr, va = ms.split(0.25, seed=0)
     assert len(va) == 2 and sorted(tr.ids + va.ids) == ms.ids
-    assert split(ms, 0.25, seed=0)[1].ids == va.ids
+    assert ms.split(0.25, seed=0)[1].ids == va.ids
 
 
 def test_maskset_rejects_bad_input():
@@ -136,7 +139,7 @@ def test_pretrained_encoder_missing_gives_clear_error_and_unavailable_rows(isola
     msg = str(e.value)
     assert str(tmp_path / "w" / "smp" / "resnet18-imagenet.pth") in msg and "never downloads" in msg
     train, val = toy
-    rows = run_table1({"Oracle": train}, val, inits=("pretrained",), epochs=1, batch_size=16, **SMALL)
+    rows = run_table1(Table1Config(inits=("pretrained",), epochs=1, batch_size=16, **SMALL), {"Oracle": train}, val)
     pre = [r for r in rows if r["init"] == "pretrained"]
     assert len(pre) == 1 and pre[0]["status"] == "unavailable" and pre[0]["f1"] is None
     assert "resnet18-imagenet.pth" in pre[0]["reason"]

@@ -1,4 +1,4 @@
-"""Tests of workbench.generators: the adapter, the plain-PyTorch StyleGAN2 against an independent float64 reference of
+"""Tests of workbench.models.generators: the adapter, the plain-PyTorch StyleGAN2 against an independent float64 reference of
 the official op semantics, and the safe loader on pickles built with the official container layout (no official code)."""
 import collections
 import copy
@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.core import InputError
-from workbench.generators import (LayerInfo, StyleGAN2Adapter, StyleGAN2Generator, TorchGenerator, UnsafePickleError,
-                                  as_seeds, load_stylegan2_pkl, read_network_pickle, record_state_dict, seed_latents,
-                                  to_uint8, to_unit)
-from workbench.hooks import Trace
+from workbench.models.generators import (LayerInfo, StyleGAN2Adapter, StyleGAN2Generator, TorchGenerator,
+                                         UnsafePickleError, as_seeds, load_stylegan2_pkl, read_network_pickle,
+                                         record_state_dict, seed_latents, to_uint8, to_unit)
+from workbench.models.hooks import Trace
 
 
 def small_G(seed=0, c_dim=0, architecture="skip", conv_clamp=256, num_layers=2, resolution=64, randomize=True):

@@ -1,4 +1,4 @@
-"""Tests of workbench.hooks on timm ViTs (fused attention), open_clip towers, torchvision CNNs/detectors and a generator."""
+"""Tests of workbench.models.hooks on timm ViTs (fused attention), open_clip towers, torchvision CNNs/detectors and a generator."""
 import gc
 import weakref
 from collections import OrderedDict
@@ -11,7 +11,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
 from workbench.core import InputError
-from workbench.hooks import Tap, Trace, attention_kind, attention_layers, layer_names, map_tensors
+from workbench.models.hooks import Tap, Trace, attention_kind, attention_layers, layer_names, map_tensors
 
 
 def hook_count(model: nn.Module) -> int:

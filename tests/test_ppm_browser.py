@@ -1,15 +1,17 @@
-"""workbench.ppm_browser driven through its widgets: a mining log written by hand over rectangle images with a Split-1,
-and one from a few real SparseDet steps; every count the browser shows is checked against `saod.mining_quality`."""
+"""workbench.viz.browsers.ppm driven through its widgets: a mining log written by hand over rectangle images with a Split-1,
+and one from a few real SparseDet steps; every count the browser shows is checked against `eval.boxes.mining_quality`."""
 import matplotlib
 matplotlib.use("Agg")
 import pytest
 import torch
 
 from workbench.core import InputError
-from workbench.ppm_browser import PPMBrowser, latest_mining, match_mined, plot_mining, plot_running_quality
-from workbench.saod import mining_quality
-from workbench.sparsedet import (MiningLog, SparseDetConfig, SparseDetectionDataset, build_detector, evaluate_mining,
-                                 rectangle_samples, train_detector)
+from workbench.viz.browsers.ppm import PPMBrowser
+from workbench.viz.figures import plot_mining, plot_running_quality
+from workbench.eval.boxes import box_hits, mining_quality
+from workbench.methods.sparsedet import MiningLog, SparseDetConfig, build_detector, evaluate_mining, train_detector
+from workbench.data.splits import SparseDetectionDataset
+from workbench.data.fixtures import rectangle_samples
 
 PNG = b"\x89PNG"
 
@@ -31,16 +33,17 @@ def setup():
     return ds, log, a, b
 
 
-def test_latest_mining_and_match():
+def test_latest_mining_and_hits():
     log = MiningLog(0.8, 0.3)
     log.add(3, 7, torch.tensor([[0, 0, 10, 10.], [20, 20, 30, 30]]), torch.tensor([0.9, 0.5]))
-    assert latest_mining(log, 7, 2)[2] is None
-    boxes, scores, it = latest_mining(log, 7, 3)
+    assert log.latest(7, 2)[2] is None
+    boxes, scores, it = log.latest(7, 3)
     assert it == 3 and boxes.tolist() == [[0, 0, 10, 10]] and scores.tolist() == pytest.approx([0.9])
-    assert len(latest_mining(log, 7, 3, 0.45)[0]) == 2
-    hit, rec = match_mined(torch.tensor([[0, 0, 10, 10.], [50, 50, 60, 60]]), torch.tensor([[0, 0, 10, 11.]]))
+    assert len(log.latest(7, 3, 0.45)[0]) == 2
+    assert torch.equal(log.latest(7, 3)[0], log.mined(3)[7])                   # one rule for one image and for all
+    hit, rec = box_hits(torch.tensor([[0, 0, 10, 10.], [50, 50, 60, 60]]), torch.tensor([[0, 0, 10, 11.]]))
     assert hit.tolist() == [True, False] and rec.tolist() == [True]
-    assert match_mined(torch.zeros(0, 4), torch.tensor([[0, 0, 1, 1.]]))[1].tolist() == [False]
+    assert box_hits(torch.zeros(0, 4), torch.tensor([[0, 0, 1, 1.]]))[1].tolist() == [False]
 
 
 def test_browser_state_follows_widgets(setup):
@@ -53,7 +56,7 @@ def test_browser_state_follows_widgets(setup):
     c = br.current()
     assert len(c["mined"]) == 1 and c["hit"].tolist() == [True] and int(c["recovered"].sum()) == 1
     assert len(c["kept"]) == len(ds.kept_boxes()[a]) and len(c["removed"]) == len(ds.removed_boxes()[a])
-    # the summary is saod.mining_quality over all images at this iteration and threshold
+    # the summary is eval.boxes.mining_quality over all images at this iteration and threshold
     q = mining_quality(log.mined(20, 0.8), ds.removed_boxes(), kept=ds.kept_boxes())
     assert q == br.quality() == evaluate_mining(log, ds, 20, 0.8)
     assert f"recovery {q['recovery']:.3f}" in br.summary.value and f"({q['n_correct']}/{q['n_mined']} mined boxes)" in br.summary.value
@@ -119,8 +122,9 @@ def test_browser_over_a_real_training_log():
     cfg = SparseDetConfig(tau_ppm=0.3, tau_obj=0.2, log_min_objectness=0.2)
     res = train_detector(build_detector(2, "mobilenet_v3_small_fpn", min_size=64, max_size=64), ds, cfg, mode="sparsedet",
                          steps=3, batch_size=2, warmup_ppm=1, progress=False, num_threads=1)
-    br = PPMBrowser.from_dataset(res.mining_log, ds)
-    assert br.iteration.options == tuple(res.mining_log.iterations())
+    mlog = res.parts["mining_log"]
+    br = PPMBrowser.from_dataset(mlog, ds)
+    assert br.iteration.options == tuple(mlog.iterations())
     assert br.threshold.min == pytest.approx(0.2)
-    assert br.quality() == evaluate_mining(res.mining_log, ds, br.iteration.value, 0.3)
+    assert br.quality() == evaluate_mining(mlog, ds, br.iteration.value, 0.3)
     assert br.image.value[:4] == PNG

@@ -1,4 +1,4 @@
-"Tests of workbench.registry: names, offline weights errors, weights-only loading, checkpoints, known models."
+"Tests of workbench.models.registry: names, offline weights errors, weights-only loading, checkpoints, known models."
 import os
 import pickle
 import socket
@@ -11,11 +11,11 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-import workbench.registry as reg
+import workbench.models.registry as reg
 from workbench.core import InputError
-from workbench.registry import (ModelSpec, WeightsMissingError, expected_weights_path, find_weights, known_models,
-                                load_model, parse_model_name, read_checkpoint, register_model, resolve_spec,
-                                save_checkpoint)
+from workbench.models.registry import (ModelSpec, WeightsMissingError, expected_weights_path, find_weights,
+                                       known_models, load_model, parse_model_name, read_checkpoint, register_model,
+                                       resolve_spec, save_checkpoint)
 
 TINY_VIT = "timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 # a small open_clip architecture with the shape of a real tag's model, so weights files stay small

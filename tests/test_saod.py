@@ -12,9 +12,9 @@ import torch
 from pycocotools.coco import COCO
 
 from workbench.core import InputError
-from workbench.saod import (SPLIT4_VARIANTS, boxes_by_image, category_label_map, coco_ap, detections_to_coco,
-                            generate_splits, make_split, mining_quality, proposal_recall, read_coco, split_stats,
-                            stats_table, write_split)
+from workbench.data.splits import (SPLIT4_VARIANTS, boxes_by_image, generate_splits, make_split, read_coco,
+                                   split_stats, stats_table, write_split)
+from workbench.eval.boxes import category_label_map, coco_ap, detections_to_coco, mining_quality, proposal_recall
 
 P_RULES = ("split1", "split2", "split3", "split5")
 PS = (0.1, 0.3, 0.5, 0.7, 1.0)

@@ -1,4 +1,4 @@
-"""Tests of workbench.sparsedet: the SparseDet rules on hand-made boxes (PPM thresholds, protected negatives, merged
+"""Tests of workbench.methods.sparsedet: the SparseDet rules on hand-made boxes (PPM thresholds, protected negatives, merged
 ground truth), the augmented view, the detector parts, a few training steps in each mode (loss terms, determinism,
 mining log) and evaluation. Tiny images (64 px), a MobileNetV3-small FPN, a few steps: the whole file runs in about a minute on
 two CPU cores."""
@@ -10,13 +10,14 @@ import torch
 from torchvision.ops import box_iou
 
 from workbench.core import InputError, torch_generator
-from workbench.saod import mining_quality
-from workbench.sparsedet import (
-    ABLATIONS, CommonRPNHead, MiningLog, SparseDetConfig, SparseDetectionDataset, ablation_config, augment_view,
-    box_erase, build_detector, combine_losses, evaluate_detector, evaluate_mining, gap_closed, merge_ground_truth,
-    photometric_cascade, protected_from_negatives, pseudo_positive_mining, rectangle_samples, rpn_proposals, rpn_recall,
-    samples_to_coco, train_detector,
-)
+from workbench.eval.boxes import mining_quality
+from workbench.methods.sparsedet import (ABLATIONS, CommonRPNHead, MiningLog, SparseDetConfig, ablation_config,
+                                         augment_view, box_erase, build_detector, combine_losses, evaluate_detector,
+                                         evaluate_mining, gap_closed, merge_ground_truth, photometric_cascade,
+                                         protected_from_negatives, pseudo_positive_mining, rpn_proposals, rpn_recall,
+                                         train_detector)
+from workbench.data.splits import SparseDetectionDataset, samples_to_coco
+from workbench.data.fixtures import rectangle_samples
 
 SMALL = dict(backbone="mobilenet_v3_small_fpn", min_size=64, max_size=64, seed=0)
 LOW = dict(tau_ppm=0.3, tau_obj=0.2, log_min_objectness=0.2)   # an untrained RPN already mines at these thresholds
@@ -199,7 +200,7 @@ def test_build_detector_backbones_and_anchors():
 
 
 def test_pretrained_backbone_comes_only_from_the_weights_folder(isolated_settings):
-    from workbench.registry import WeightsMissingError
+    from workbench.models.registry import WeightsMissingError
     with pytest.raises(WeightsMissingError, match="resnet18.tv_in1k"):
         build_detector(3, "resnet18_fpn", min_size=64, pretrained_backbone=True)
 
@@ -342,7 +343,7 @@ def test_training_modes_and_mining_log(data, tmp_path):
     train, sparse = data
     base = train_detector(build_detector(2, **SMALL), sparse, mode="baseline", steps=2, batch_size=2, progress=False)
     assert set(k for k in base.history[0] if k.startswith("loss_")) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
-    assert len(base.mining_log) == 0 and not base.model.training and not base.model.rpn.common
+    assert len(base.parts["mining_log"]) == 0 and not base.model.training and not base.model.rpn.common
 
     cfg = SparseDetConfig(**LOW)
     res = train_detector(build_detector(2, **SMALL), sparse, cfg, mode="sparsedet", steps=4, batch_size=3, warmup_ppm=2, progress=False)
@@ -350,7 +351,7 @@ def test_training_modes_and_mining_log(data, tmp_path):
     assert [h["mining"] for h in res.history] == [False, False, True, True]
     assert res.history[0]["loss_ssl"] == 0 and res.history[0]["n_pseudo_positives"] == 0
     assert res.history[-1]["n_pseudo_positives"] > 0
-    log = res.mining_log
+    log = res.parts["mining_log"]
     assert log.iterations() == [2, 3] and len(log) == 6        # every image of the two mining batches, found or not
     assert log.tau_ppm == 0.3 and log.min_objectness == 0.2
     for r in log.records:
@@ -383,7 +384,7 @@ def test_same_seed_same_losses(data):
                                       warmup_ppm=1, seed=seed, progress=False).history
     a, b, c = run(0), run(0), run(1)
     assert [h["loss"] for h in a] == [h["loss"] for h in b]
-    assert a == b
+    assert a.rows == b.rows                               # every logged value of every step
     assert [h["loss"] for h in a] != [h["loss"] for h in c]
 
 
@@ -462,10 +463,10 @@ def test_rpn_proposals_and_recall_on_kept_and_removed(data):
 
 
 def test_aerial_world_samples_train():
-    worlds = pytest.importorskip("workbench.worlds")
+    worlds = pytest.importorskip("workbench.data.worlds")
     samples = worlds.AerialWorld(size=64, seed=0)[:6]
     ds = SparseDetectionDataset.from_split(samples, "split1", 0.5, seed=0)
     assert ds.class_names == ["airplane", "car", "building"]
     res = train_detector(build_detector(3, **SMALL), ds, SparseDetConfig(**LOW), mode="sparsedet", steps=2, batch_size=3,
                          warmup_ppm=0, progress=False)
-    assert all(math.isfinite(h["loss"]) for h in res.history) and len(res.mining_log) == 6
+    assert all(math.isfinite(h["loss"]) for h in res.history) and len(res.parts["mining_log"]) == 6

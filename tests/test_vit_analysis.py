@@ -1,4 +1,4 @@
-"""workbench.vit_analysis against hand-made attention with known answers, slow loop references (AAAM, distance,
+"""workbench.methods.attention and workbench.methods.features against hand-made attention with known answers, slow loop references (AAAM, distance,
 DINO's sort-based mass threshold, DINO's k-NN, purity), attention computed by hand from a timm block, and warps whose
 correspondences are exact."""
 import math
@@ -9,16 +9,19 @@ import torch
 import timm
 
 from workbench.core import InputError
-from workbench.datasets import SamplePair, write_example
-from workbench.samples import Sample
-from workbench.vit_analysis import (AttentionAccumulator, LayerFeatures, aligned_attention, attention_distance,
-                                    batches_from_samples, best_layer_table, block_attention_layers, cluster_by_layer,
-                                    cluster_scores, collect_attention, collect_features, dense_features, input_config,
-                                    keypoint_pck, keypoint_transfer, knn_by_layer, knn_classify, knn_predict,
-                                    mass_threshold, offset_lengths, offset_pairs, patch_centres, patch_index, pck,
-                                    plot_attention_grid, plot_by_layer, plot_distance_scatter, plot_keypoint_pair,
-                                    prefix_tokens, purity_score, saliency_iou, similarity_warp, spair_pairs,
-                                    token_distances, token_grid, warp_image, warp_pairs, warp_points)
+from workbench.data.datasets import SamplePair, write_example
+from workbench.data.samples import Sample
+from workbench.methods.attention import (AttentionAccumulator, aligned_attention, attention_distance,
+                                         collect_attention, offset_lengths, offset_pairs, saliency_iou,
+                                         token_distances)
+from workbench.methods.features import (LayerFeatures, best_layer_table, cluster_by_layer, cluster_scores,
+                                        collect_features, keypoint_pck, keypoint_transfer, knn_by_layer,
+                                        knn_classify, knn_predict, patch_centres, patch_index, pck, purity_score,
+                                        similarity_warp, spair_pairs, warp_image, warp_pairs, warp_points)
+from workbench.models.vits import (batches_from_samples, block_attention_layers, dense_features, input_config,
+                                   prefix_tokens, token_grid)
+from workbench.eval.maps import mass_threshold
+from workbench.viz.figures import plot_attention_grid, plot_by_layer, plot_distance_scatter, plot_keypoint_pair
 
 UNIT_SQUARE_MEAN_DISTANCE = (2 + math.sqrt(2) + 5 * math.log(1 + math.sqrt(2))) / 15   # E|X - Y|, X, Y uniform on [0, 1]²
 

@@ -1,4 +1,4 @@
-"""workbench.vit_browsers driven through its widgets: tiny random timm ViTs on object-world images; every number the
+"""workbench.viz.browsers.vit driven through its widgets: tiny random timm ViTs on object-world images; every number the
 browsers show is checked against the analysis functions or a direct trace of the model."""
 import matplotlib
 matplotlib.use("Agg")
@@ -8,13 +8,16 @@ import pytest
 import timm
 import torch
 
-from workbench.cka import CKAAccumulator, collect_cka, vit_taps
+from workbench.methods.cka import CKAAccumulator, collect_cka, vit_taps
 from workbench.core import InputError
-from workbench.hooks import Trace
-from workbench.vit_analysis import batches_from_samples, collect_attention, input_config, prepare_images
-from workbench.vit_browsers import (AttentionBrowser, ByLayerPanel, CKABrowser, as_images, by_layer_panel, cka_summary,
-                                    image_attention, plot_cka_grid)
-from workbench.worlds import ObjectWorld, foreground_mask
+from workbench.models.hooks import Trace
+from workbench.models.vits import batches_from_samples, input_config
+from workbench.methods.attention import collect_attention
+from workbench.models.transforms import prepare_images
+from workbench.viz.browsers.vit import AttentionBrowser, ByLayerPanel, CKABrowser, as_images, by_layer_panel
+from workbench.methods.attention import image_attention
+from workbench.viz.figures import plot_cka_grid
+from workbench.data.worlds import ObjectWorld, foreground_mask
 
 PNG = b"\x89PNG"
 
@@ -164,7 +167,7 @@ def test_cka_browser_shared_scale(setup):
     fig = plot_cka_grid({"within": within, "cross": cross}, ncols=1)
     assert len([ax for ax in fig.axes if ax.images]) == 2
     plt.close(fig)
-    s = cka_summary(cross)
+    s = cross.summary()
     assert s["layers_a"] == ["m1", "m2", "m3"] and len(s["matrix"]) == 3 and s["n_examples"] == 8
 
 

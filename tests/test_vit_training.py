@@ -1,4 +1,4 @@
-"""workbench.vit_training: the three training loops on tiny settings (finite, decreasing-ish, deterministic), MAE masking and
+"""workbench.train.vits: the three training loops on tiny settings (finite, decreasing-ish, deterministic), MAE masking and
 targets, DINO centring and teacher EMA, the wb:object-vit checkpoint round trip, and the committed checkpoints."""
 import math
 
@@ -8,15 +8,19 @@ import torch
 import torch.nn.functional as F
 
 from workbench.core import InputError, torch_generator
-from workbench.hooks import Trace
-from workbench.registry import load_model, read_checkpoint
-from workbench.vit_analysis import block_attention_layers, collect_attention, input_config
-from workbench.vit_training import (DINO_LOCAL_VIEW, SUPERVISIONS, DINOHead, DINOLoss, MultiCropNet, ViewSpec,
-                                    cosine_schedule, ema_update_, encode_visible, evaluate_object_vit, make_views,
-                                    mae_loss, new_object_vit, object_vit_checkpoint, object_vit_config, patch_targets,
-                                    koleo_loss, patchify, random_crop_boxes, random_masking, render_pool, rotate_hue,
-                                    save_object_vit, sinkhorn_knopp, train_dino, train_mae, train_object_vit, train_supervised, unpatchify)
-from workbench.worlds import ObjectWorld
+from workbench.models.hooks import Trace
+from workbench.models.registry import load_model, read_checkpoint
+from workbench.models.vits import block_attention_layers, input_config
+from workbench.methods.attention import collect_attention
+from workbench.train.vits import (DINO_LOCAL_VIEW, DINOHead, DINOLoss, MultiCropNet, ViewSpec, encode_visible,
+                                  make_views, mae_loss, patch_targets, koleo_loss, patchify, random_crop_boxes,
+                                  random_masking, rotate_hue, sinkhorn_knopp, train_dino, train_mae,
+                                  train_object_vit, train_supervised, unpatchify)
+from workbench.models.vits import (SUPERVISIONS, new_object_vit, object_vit_checkpoint, object_vit_config,
+                                   save_object_vit)
+from workbench.train.loop import cosine_schedule, ema_update_
+from workbench.methods.features import evaluate_object_vit
+from workbench.data.worlds import ObjectWorld
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 
@@ -28,7 +32,7 @@ def world():
 
 @pytest.fixture(scope="module")
 def pool(world):
-    return render_pool(world, 48, progress=False)
+    return world.images(48, progress=False)
 
 
 def tiny(seed=0, **kw):
@@ -104,9 +108,9 @@ def test_supervised_learns_and_is_deterministic(pool):
     kw = dict(steps=15, batch_size=16, lr=3e-3, seed=5, device="cpu", view=ViewSpec(64, (0.8, 1.0), p_jitter=0, p_gray=0))
     r1 = train_supervised(tiny(), images[:32], labels[:32], **kw)
     r2 = train_supervised(tiny(), images[:32], labels[:32], **kw)
-    assert r1.history.loss == r2.history.loss
-    assert all(math.isfinite(v) for v in r1.history.loss) and decreasing(r1.history.loss), r1.history.loss
-    assert r1.history.loss != train_supervised(tiny(), images[:32], labels[:32], **{**kw, "seed": 6}).history.loss
+    assert r1.history["loss"] == r2.history["loss"]
+    assert all(math.isfinite(v) for v in r1.history["loss"]) and decreasing(r1.history["loss"]), r1.history["loss"]
+    assert r1.history["loss"] != train_supervised(tiny(), images[:32], labels[:32], **{**kw, "seed": 6}).history["loss"]
     assert not r1.model.training
 
 
@@ -173,9 +177,9 @@ def test_dino_runs_is_deterministic_and_updates_teacher(pool):
     init = tiny()
     r1, r2 = train_dino(tiny(), images[:32], **kw), train_dino(tiny(), images[:32], **kw)
     h = r1.history
-    assert h.loss == r2.history.loss and all(math.isfinite(v) for v in h.loss)
-    assert h.extra["teacher_temp"][0] == pytest.approx(0.04) and h.extra["teacher_temp"][-1] > 0.04
-    assert h.extra["momentum"][0] < h.extra["momentum"][-1] <= 1
+    assert h["loss"] == r2.history["loss"] and all(math.isfinite(v) for v in h["loss"])
+    assert h["teacher_temp"][0] == pytest.approx(0.04) and h["teacher_temp"][-1] > 0.04
+    assert h["momentum"][0] < h["momentum"][-1] <= 1
     teacher, student = r1.parts["teacher"], r1.parts["student"]
     assert r1.model is teacher.backbone and not any(p.requires_grad for p in teacher.parameters())
     assert not torch.equal(teacher.backbone.pos_embed, init.pos_embed)              # the teacher moved...
@@ -187,8 +191,8 @@ def test_dino_loss_decreases_on_tiny_set(pool):
     images, _ = pool
     r = train_dino(tiny(), images[:16], steps=25, batch_size=16, lr=2e-3, out_dim=32, hidden_dim=32, bottleneck_dim=16,
                    n_local=2, momentum=0.9, seed=0, device="cpu")
-    kl = r.history.extra["kl"]          # the loss is teacher entropy + KL(teacher ‖ student): the student drives the KL down
-    assert np.allclose(np.array(r.history.loss) - np.array(r.history.extra["teacher_entropy"]), kl, atol=1e-4)
+    kl = r.history["kl"]          # the loss is teacher entropy + KL(teacher ‖ student): the student drives the KL down
+    assert np.allclose(np.array(r.history["loss"]) - np.array(r.history["teacher_entropy"]), kl, atol=1e-4)
     assert decreasing(kl, 5), kl
 
 
@@ -197,7 +201,7 @@ def test_dino_sinkhorn_bn_head_does_not_collapse(pool):
     r = train_dino(tiny(), images[:32], steps=20, batch_size=16, lr=1e-3, out_dim=16, hidden_dim=32, bottleneck_dim=16,
                    n_local=2, momentum=0.9, teacher_temp=0.04, warmup_teacher_temp=0.04, centering="sinkhorn", use_bn=True,
                    seed=0, device="cpu")
-    h = r.history.extra
+    h = r.history
     assert decreasing(h["kl"], 5), h["kl"]
     assert min(h["batch_entropy"]) > 0.9 * math.log(16)                  # every prototype used: no collapse onto a few
     assert np.mean(h["teacher_entropy"][-5:]) < 0.9 * math.log(16)        # and not uniform per image
@@ -239,10 +243,10 @@ def test_dino_loss_koleo_option(pool):
     kw = dict(steps=4, batch_size=8, out_dim=32, hidden_dim=32, bottleneck_dim=16, n_local=1, momentum=0.9, seed=0, device="cpu")
     r = train_dino(tiny(), images[:16], koleo_weight=0.1, **kw)
     h = r.history
-    assert len(h.extra["koleo"]) == 4 and all(math.isfinite(v) for v in h.extra["koleo"])
-    assert np.allclose(np.array(h.loss) - np.array(h.extra["teacher_entropy"]) - 0.2 * np.array(h.extra["koleo"]),
-                       h.extra["kl"], atol=1e-4)
-    assert "koleo" not in train_dino(tiny(), images[:16], **kw).history.extra
+    assert len(h["koleo"]) == 4 and all(math.isfinite(v) for v in h["koleo"])
+    assert np.allclose(np.array(h["loss"]) - np.array(h["teacher_entropy"]) - 0.2 * np.array(h["koleo"]),
+                       h["kl"], atol=1e-4)
+    assert "koleo" not in train_dino(tiny(), images[:16], **kw).history.keys()
 
 
 # ------------------------------------------------------------------ MAE
@@ -276,7 +280,7 @@ def test_mae_encoder_is_the_object_vit(pool):
     images, _ = pool
     kw = dict(steps=12, batch_size=16, lr=3e-3, decoder_dim=32, decoder_depth=1, decoder_heads=2, seed=3, device="cpu")
     r1, r2 = train_mae(tiny(), images[:32], **kw), train_mae(tiny(), images[:32], **kw)
-    assert r1.history.loss == r2.history.loss and decreasing(r1.history.loss), r1.history.loss
+    assert r1.history["loss"] == r2.history["loss"] and decreasing(r1.history["loss"]), r1.history["loss"]
     m = r1.model
     assert set(m.state_dict()) == set(tiny().state_dict()) and m.pos_embed.requires_grad
     x = torch.randn(2, 3, 64, 64, generator=torch_generator(0))

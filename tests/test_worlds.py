@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from workbench.core import InputError
-from workbench.samples import Sample, masks_to_boxes
-from workbench.worlds import (AERIAL_CLASSES, AERIAL_SEMANTIC, OBJECT_CATEGORIES, SIZES, AerialWorld, ObjectWorld,
-                              foreground_mask, make_world, materialize, synthesize)
+from workbench.data.samples import Sample, masks_to_boxes
+from workbench.data.worlds import (AERIAL_CLASSES, AERIAL_SEMANTIC, OBJECT_CATEGORIES, SIZES, AerialWorld,
+                                   ObjectWorld, foreground_mask, make_world, materialize, synthesize)
 
 
 def digest(s: Sample) -> str:

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .core import InputError, WorkbenchError, load_settings, setup_logging, get_logger
+from .core import InputError, WorkbenchError, load_settings, setup_logging
 
 # %% auto #0
 __all__ = ['DEMO_NOTEBOOK', 'cmd_settings', 'cmd_models', 'cmd_list', 'cmd_run', 'cmd_demo', 'cmd_data_list', 'cmd_data_verify',
@@ -27,7 +27,7 @@ def cmd_settings(args) -> int:
 
 def cmd_models(args) -> int:
     "List known model names, whether their weights are in the weights cache, and where each file goes."
-    from workbench.registry import known_models, format_models
+    from workbench.models.registry import known_models, format_models
     _out(format_models(known_models()))
     return 0
 
@@ -81,7 +81,7 @@ def cmd_demo(args) -> int:
 
 def cmd_data_list(args) -> int:
     "Every dataset manifest with its status under the data root."
-    from workbench.datasets import list_datasets
+    from workbench.data.datasets import list_datasets
     rows = list_datasets(root=Path(args.root) if args.root else None)
     w = max(len(r["name"]) for r in rows)
     _out(*[f"{r['name']:<{w}}  {r['status']:<10}  {r['path']}  {r['title']}" for r in rows])
@@ -89,14 +89,14 @@ def cmd_data_list(args) -> int:
 
 def cmd_data_verify(args) -> int:
     "Check a dataset's layout and checksums; exit 2 when incomplete."
-    from workbench.datasets import verify_dataset
+    from workbench.data.datasets import verify_dataset
     rep = verify_dataset(args.name, root=Path(args.root) if args.root else None)
     _out(*rep.lines())
     return 0 if rep.ok else 2
 
 def cmd_data_synth(args) -> int:
     "Materialize a procedural world to disk."
-    from workbench.worlds import synthesize
+    from workbench.data.worlds import synthesize
     out = synthesize(args.world, n=args.n, out=Path(args.out), seed=args.seed, size=args.size)
     _out(f"wrote {args.n} {args.world} images to {out}")
     return 0

@@ -12,17 +12,18 @@ import os
 import random
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 
 # %% auto #0
 __all__ = ['SECTION', 'SETTING_SPECS', 'WorkbenchError', 'InputError', 'one_of', 'SettingSpec', 'project_settings_file',
-           'user_settings_file', 'Settings', 'load_settings', 'get_logger', 'setup_logging', 'progress', 'get_device',
-           'seed_everything', 'torch_generator', 'Config', 'resolve_profile', 'atomic_write_bytes', 'write_json',
-           'read_json']
+           'source_root', 'project_root', 'user_settings_file', 'Settings', 'load_settings', 'get_logger',
+           'setup_logging', 'progress', 'get_device', 'seed_everything', 'torch_generator', 'seeded', 'torch_threads',
+           'Config', 'resolve_profile', 'ProfileConfig', 'atomic_write_bytes', 'write_json', 'read_json']
 
 # %% ../nbs/00_core.ipynb #1c340b61
 class WorkbenchError(Exception):
@@ -85,8 +86,7 @@ def project_settings_file(start: Path | None = None) -> Path | None:
     env = os.environ.get("WORKBENCH_SETTINGS_FILE")
     if env: return Path(env).expanduser()
     here = Path(start or Path.cwd()).resolve()
-    pkg_root = Path(__file__).resolve().parent.parent if "__file__" in globals() else None
-    for d in [here, *here.parents] + ([pkg_root] if pkg_root else []):
+    for d in [here, *here.parents, source_root()]:
         f = d / "settings.ini"
         if f.is_file():
             cp = configparser.ConfigParser()
@@ -94,6 +94,16 @@ def project_settings_file(start: Path | None = None) -> Path | None:
             except configparser.Error: continue
             if cp.has_section(SECTION): return f
     return None
+
+def source_root() -> Path:
+    "The folder above the installed `workbench` package: the repository (nbs/, checkpoints/, data_manifests/) for an editable install."
+    import workbench
+    return Path(workbench.__file__).resolve().parent.parent
+
+def project_root() -> Path:
+    "The project folder: the one holding the project's settings.ini (`project_settings_file`), else `source_root()`."
+    pf = project_settings_file()
+    return pf.parent if pf else source_root()
 
 def user_settings_file() -> Path:
     "The user's settings file: $WORKBENCH_USER_SETTINGS, else $XDG_CONFIG_HOME/workbench/settings.ini (~/.config by default)."
@@ -202,6 +212,23 @@ def torch_generator(seed: int, device="cpu"):
     import torch
     g = torch.Generator(device=device); g.manual_seed(int(seed)); return g
 
+@contextmanager
+def seeded(seed: int):
+    "Run a block with torch's global CPU generator seeded by `seed`, restoring the outer state afterwards (weight initialisation draws from it)."
+    import torch
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+@contextmanager
+def torch_threads(n: int | None):
+    "Run a block with `n` torch CPU threads (None or 0: as they are), restoring the previous number after."
+    import torch
+    old = torch.get_num_threads()
+    if n: torch.set_num_threads(int(n))
+    try: yield
+    finally: torch.set_num_threads(old)
+
 # %% ../nbs/00_core.ipynb #3981d44c
 class Config(dict):
     "A dict whose keys read as attributes: the resolved parameters of one run."
@@ -217,6 +244,28 @@ def resolve_profile(profile: str, profiles: Mapping[str, Mapping], **given) -> C
         if v is not None or k not in cfg: cfg[k] = v
     cfg["profile"] = profile
     return cfg
+
+# %% ../nbs/00_core.ipynb #45d56512
+class ProfileConfig:
+    "Mixin of a method's config dataclass: `PROFILES` maps profile names to field values; `profile()` builds one."
+    PROFILES: ClassVar[dict] = {}
+
+    @classmethod
+    def profile(cls, name: str, **overrides):
+        "The config of profile `name` with `overrides` applied (None keeps the profile's value); unknown names are an `InputError`."
+        one_of(f"{cls.__name__} profile", name, cls.PROFILES)
+        valid = [f.name for f in fields(cls)]
+        unknown = [k for k in overrides if k not in valid]
+        if unknown: raise InputError(f"{cls.__name__}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return cls(**{**cls.PROFILES[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+    def replace(self, **changes):
+        "A copy with `changes` applied (checked like a new config)."
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        "The fields as a plain dict (for params.json and metrics.json)."
+        return asdict(self)
 
 # %% ../nbs/00_core.ipynb #8372e4f1
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:

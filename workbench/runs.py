@@ -18,12 +18,11 @@ import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import nbformat
 
-from .core import (InputError, WorkbenchError, get_logger, load_settings, project_settings_file,
-                            read_json, write_json, atomic_write_bytes)
+from .core import (InputError, WorkbenchError, atomic_write_bytes, get_logger, load_settings, project_root,
+                            project_settings_file, read_json, source_root, write_json)
 
 log = get_logger("runs")
 
@@ -76,11 +75,7 @@ def nbs_dir() -> Path:
     "The notebooks folder: $WORKBENCH_NBS, else `nbs/` beside the project's settings.ini or the package."
     env = os.environ.get("WORKBENCH_NBS")
     if env: return Path(env)
-    import workbench
-    cands = []
-    pf = project_settings_file()
-    if pf: cands.append(pf.parent / "nbs")
-    cands.append(Path(workbench.__file__).resolve().parent.parent / "nbs")
+    cands = list(dict.fromkeys([project_root() / "nbs", source_root() / "nbs"]))
     for c in cands:
         if c.is_dir(): return c
     raise WorkbenchError(f"no notebooks folder found (looked in {', '.join(map(str, cands))}); "
@@ -186,8 +181,7 @@ _PACKAGES = ["objloc-workbench", "torch", "torchvision", "timm", "open_clip_torc
 
 def git_commit(folder: Path | None = None) -> dict:
     "The git commit of `folder` (default: the package's repository) and whether the tree has uncommitted changes."
-    import workbench
-    folder = folder or Path(workbench.__file__).resolve().parent.parent
+    folder = folder or source_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0: return dict(commit=None)
