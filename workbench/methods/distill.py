@@ -198,7 +198,7 @@ def predict_masks(model: nn.Module, images: torch.Tensor, batch_size: int = 64, 
     "Binary masks (N, H, W) bool: foreground probability above `threshold` (the 'value' rule of `SaliencyMaps.masks`)."
     return segmenter_maps(model, images, batch_size, device).masks("value", threshold)
 
-# %% ../../nbs/31_distill.ipynb #6bfd9c95
+# %% ../../nbs/31_distill.ipynb #6e649db8
 def evaluate_segmenter(model: nn.Module, test: MaskSet, threshold: float = 0.5, min_area: int = DEFAULT_MIN_AREA,
                        gt_min_area: int = 1, join: int = DEFAULT_JOIN, iou: float = 0.5, batch_size: int = 64, device=None) -> dict:
     "Box F1/precision/recall of `model` on `test` (see `evaluate_boxes`), and the pixel IoU."

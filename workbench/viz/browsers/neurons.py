@@ -10,13 +10,14 @@ import ipywidgets as W
 from ...data.samples import MaskSet
 from ...methods.neurons import UnitScores, UnitStats, score_units, unit_masks
 from ...models.generators import GeneratorAdapter
+from .base import Browser
 from ..figures import figure_png, overlay_grid
 
 # %% auto #0
 __all__ = ['NeuronBrowser']
 
 # %% ../../../nbs/80_neuron_browser.ipynb #41aea666
-class NeuronBrowser:
+class NeuronBrowser(Browser):
     """Browse generator units: layer and unit pickers, a prompt box that ranks units by CLIP score, the unit's
     top-K images with mask overlays, its threshold and its similarity to each prompt, and a pseudo-label view."""
 
@@ -47,10 +48,6 @@ class NeuronBrowser:
                             W.HBox([self.variant, self.sample]), self.image, self.out])
         if scores is not None and self.prompt.value: self.rank()
         self.render()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.root)
 
     def _n_pseudo(self):
         v = getattr(self, "variant", None)

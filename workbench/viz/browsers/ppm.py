@@ -14,13 +14,14 @@ from ...core import InputError
 from ...data.splits import SparseDetectionDataset
 from ...eval.boxes import box_hits, mining_quality
 from ...methods.sparsedet import MiningLog
+from .base import Browser
 from ..figures import figure_png, plot_mining, plot_running_quality
 
 # %% auto #0
 __all__ = ['PPMBrowser']
 
 # %% ../../../nbs/82_ppm_browser.ipynb #09e15963
-class PPMBrowser:
+class PPMBrowser(Browser):
     """Browse pseudo-positive mining: image, iteration and objectness-threshold controls; the image with kept (solid),
     removed (dashed) and mined boxes; this image's counts; running recovery and precision over the training set."""
 
@@ -61,10 +62,6 @@ class PPMBrowser:
             raise InputError("PPMBrowser.from_dataset needs the SparseDetectionDataset the detector was trained on")
         images = {dataset.image_id(i): dataset.samples[i].image for i in range(len(dataset))}
         return cls(log, images, dataset.kept_boxes(), dataset.removed_boxes(), **kw)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.root)
 
     def _changed(self, change):
         if change["owner"] is self.show_curve: self._curve_threshold = None

@@ -18,6 +18,7 @@ from ...data.worlds import foreground_mask
 from ...methods.attention import AttentionStats, image_attention
 from ...methods.cka import CKAResult
 from ...models.transforms import unit_float
+from .base import Browser, info_table
 from ..figures import (head_label, query_label, figure_png, plot_aaam, plot_by_layer, plot_cka,
                                    plot_cka_grid, plot_head_distances, plot_query_map)
 
@@ -52,7 +53,7 @@ SOURCES = ("image", "dataset average")
 QUERIES = ("CLS", "token")
 VIEWS = ("attention", "AAAM", "distance per head")
 
-class AttentionBrowser:
+class AttentionBrowser(Browser):
     """Browse the attention of several ViTs: model, layer, head, one image or the dataset average, CLS or a patch query,
     and the attention / AAAM / distance-per-head views. `models`: name → model or `LoadedModel`; `images`: Samples or
     image tensors (`as_images`); `stats`: name → the dataset's `AttentionStats` (optional, per model)."""
@@ -85,10 +86,6 @@ class AttentionBrowser:
         self.root = W.VBox([W.HBox([self.model, self.head, self.layer]), W.HBox([self.source, self.index]),
                             W.HBox([self.query, self.row, self.col]), self.view, W.HBox([self.image, self.info]), self.out])
         self._on_model(None)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.root)
 
     # state ------------------------------------------------------------------
     def image_stats(self, name: str, index: int) -> AttentionStats:
@@ -178,22 +175,11 @@ class AttentionBrowser:
             best, bh = st.best_iou(variant)
             rows.append((f"IoU ({variant} map, {st.mass:.0%} mass)", f"{pick(iou):.3f} <small>(best head {int(bh[l])}: {best[l]:.3f})</small>"))
         if not st.iou: rows.append(("IoU", "no masks"))
-        return "<table>" + "".join(f"<tr><td style='padding-right:1em'>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
+        return info_table(rows)
 
-    def render(self):
-        "Redraw the image and the info panel for the current state."
-        self.out.clear_output()
-        with self.out:
-            try:
-                fig = self.figure()
-                self.info.value = self.describe()
-                self.image.value = figure_png(fig)
-            except InputError as e:
-                self.info.value = f"<span style='color:#b00000'>{html.escape(str(e), quote=False)}</span>"
-                self.image.value = b""
 
 # %% ../../../nbs/81_vit_browsers.ipynb #cb8d4188
-class CKABrowser:
+class CKABrowser(Browser):
     "Pick a CKA result (layer × layer of a model, or model × model) and see its heatmap on the shared [0, 1] scale, or all of them side by side."
 
     def __init__(self, results: Mapping[str, CKAResult], ncols: int = 3):
@@ -208,10 +194,6 @@ class CKABrowser:
         for w in (self.pick, self.layout): w.observe(lambda _: self.render(), "value")
         self.root = W.VBox([W.HBox([self.pick, self.layout]), self.info, self.image, self.out])
         self.render()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.root)
 
     def figure(self):
         "The matplotlib figure of the current state (the caller closes it)."
@@ -236,7 +218,7 @@ class CKABrowser:
             self.image.value = figure_png(self.figure())
 
 # %% ../../../nbs/81_vit_browsers.ipynb #455267f6
-class ByLayerPanel:
+class ByLayerPanel(Browser):
     "Line plots by layer of `values[metric][model]`, a metric dropdown and a model selection; `chance[metric]` as in `plot_by_layer`."
 
     def __init__(self, values: Mapping[str, Mapping[str, Sequence[float]]], chance: Mapping | None = None,
@@ -254,10 +236,6 @@ class ByLayerPanel:
         for w in (self.metric, self.models): w.observe(lambda _: self.render(), "value")
         self.root = W.VBox([W.HBox([self.metric, self.models]), self.image, self.out])
         self.render()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.root)
 
     def figure(self):
         "The matplotlib figure of the current metric and models (the caller closes it)."
