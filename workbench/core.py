@@ -245,7 +245,7 @@ def resolve_profile(profile: str, profiles: Mapping[str, Mapping], **given) -> C
     cfg["profile"] = profile
     return cfg
 
-# %% ../nbs/00_core.ipynb #ece05a6d
+# %% ../nbs/00_core.ipynb #9028448a
 class ProfileConfig:
     "Mixin of a method's config dataclass: `PROFILES` maps profile names to field values; `profile()` builds one."
     PROFILES: ClassVar[dict] = {}

@@ -198,7 +198,7 @@ def predict_masks(model: nn.Module, images: torch.Tensor, batch_size: int = 64, 
     "Binary masks (N, H, W) bool: foreground probability above `threshold` (the 'value' rule of `SaliencyMaps.masks`)."
     return segmenter_maps(model, images, batch_size, device).masks("value", threshold)
 
-# %% ../../nbs/31_distill.ipynb #6e649db8
+# %% ../../nbs/31_distill.ipynb #5e9e70eb
 def evaluate_segmenter(model: nn.Module, test: MaskSet, threshold: float = 0.5, min_area: int = DEFAULT_MIN_AREA,
                        gt_min_area: int = 1, join: int = DEFAULT_JOIN, iou: float = 0.5, batch_size: int = 64, device=None) -> dict:
     "Box F1/precision/recall of `model` on `test` (see `evaluate_boxes`), and the pixel IoU."
@@ -386,12 +386,12 @@ def run_table1(cfg: Table1Config, train_sets: Mapping[str, MaskSet], test: MaskS
     if unlabeled is not None: unlabeled = _unlabeled(unlabeled, "run_table1: unlabeled")
     adapt = cfg.adapted(train_sets)
     if unknown := adapt - set(train_sets): raise InputError(f"adapt_bn names {sorted(unknown)}, not among the training sets {list(train_sets)}")
-    min_area, gt_min_area, join = cfg.min_area, cfg.gt_min_area, cfg.join
+    box_rule = dict(min_area=cfg.min_area, gt_min_area=cfg.gt_min_area, join=cfg.join)     # how masks become boxes, for every score
 
     def pick(model, annotation, va):
         "The threshold of `annotation`'s rule for `model`, and CLIP's similarity per candidate when CLIP chose it."
         r = rules[annotation]
-        if r == "val": return calibrate_threshold(model, va, min_area=min_area, gt_min_area=gt_min_area, join=join, device=device)[0], None
+        if r == "val": return calibrate_threshold(model, va, **box_rule, device=device)[0], None
         if r == "clip": return clip_threshold(model, unlabeled, scorer, prompt, device=device)
         return float(r), None
     unavailable = {}
@@ -409,24 +409,24 @@ def run_table1(cfg: Table1Config, train_sets: Mapping[str, MaskSet], test: MaskS
                 rows.append(table1_row(annotation, init, reason=unavailable[init]["reason"], n_train=len(tr), n_val=len(va),
                                        reason_short=unavailable[init]["reason_short"])); continue
             model = build_unet(cfg.encoder, _INIT_WEIGHTS[init], cfg.decoder_channels, seed=cfg.seed, weights_dir=weights_dir)
-            res = train_segmenter(model, tr, va, cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed, device, cfg.augment, cfg.schedule,
-                                  cfg.amp, desc=f"{annotation} / {init}")
+            res = train_segmenter(model, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=device,
+                                  augment=cfg.augment, schedule=cfg.schedule, amp=cfg.amp, desc=f"{annotation} / {init}")
             final, extra = res.model, {}
             if unlabeled is not None and annotation in adapt:
                 thr0, _ = pick(res.model, annotation, va)
-                m0 = evaluate_segmenter(res.model, test, thr0, min_area, gt_min_area, join, device=device)
+                m0 = evaluate_segmenter(res.model, test, thr0, **box_rule, device=device)
                 final = adapt_batchnorm(res.model, unlabeled, device=device)
                 extra = dict(f1_unadapted=m0["f1"], threshold_unadapted=thr0, adapted_on=len(unlabeled))
             thr, sims = pick(final, annotation, va)
-            m = evaluate_segmenter(final, test, thr, min_area, gt_min_area, join, device=device)
+            m = evaluate_segmenter(final, test, thr, **box_rule, device=device)
             if sims is not None:
                 maps = segmenter_maps(final, test.images, device=device)
                 extra["clip_similarity_by_threshold"] = {str(t): round(v, 4) for t, v in sims.items()}
-                extra["f1_by_threshold"] = {str(t): round(evaluate_boxes(maps.masks("value", t), test.masks, 0.5, min_area, gt_min_area, join)["f1"], 4)
+                extra["f1_by_threshold"] = {str(t): round(evaluate_boxes(maps.masks("value", t), test.masks, 0.5, **box_rule)["f1"], 4)
                                             for t in sims}
             rows.append(table1_row(annotation, init, m, n_train=len(tr), n_val=len(va), n_test=len(test), best_epoch=res.best["epoch"],
                                    best_val_dice_loss=res.best["val_loss"], epochs=cfg.epochs, train_seconds=round(res.seconds, 1),
                                    threshold=thr, threshold_rule=rules[annotation] if isinstance(rules[annotation], str) else "fixed",
-                                   min_area=min_area, join=join, **extra))
+                                   min_area=cfg.min_area, join=cfg.join, **extra))
             if models is not None: models[(annotation, init)] = final
     return table1(rows)
