@@ -103,3 +103,14 @@ def test_every_committed_checkpoint_loads_in_a_fresh_process(path):
 
 def test_checkpoints_were_found():
     assert {p.name for p in CHECKPOINTS} >= {"aerial_gan.safetensors", "aerial_clip.safetensors", "object_vit_dino.safetensors"}
+
+
+def test_every_subpackage_is_packaged():
+    "A non-editable install must carry every layer: the package list of pyproject.toml finds each folder with an __init__.py."
+    tomllib = pytest.importorskip("tomllib")
+    from setuptools import find_packages
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packaged = set(find_packages(where=str(ROOT), include=find["include"]))
+    expected = {".".join(p.parent.relative_to(ROOT).parts) for p in PKG.rglob("__init__.py")}
+    assert expected <= packaged, sorted(expected - packaged)
+    assert {"workbench.eval", "workbench.viz.browsers"} <= packaged
