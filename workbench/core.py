@@ -20,10 +20,11 @@ from typing import Any, ClassVar, Iterable, Mapping
 import numpy as np
 
 # %% auto #0
-__all__ = ['SECTION', 'SETTING_SPECS', 'WorkbenchError', 'InputError', 'one_of', 'SettingSpec', 'project_settings_file',
-           'source_root', 'project_root', 'user_settings_file', 'Settings', 'load_settings', 'get_logger',
-           'setup_logging', 'progress', 'get_device', 'seed_everything', 'torch_generator', 'seeded', 'torch_threads',
-           'Config', 'resolve_profile', 'ProfileConfig', 'atomic_write_bytes', 'write_json', 'read_json']
+__all__ = ['SECTION', 'SETTING_SPECS', 'WorkbenchError', 'InputError', 'one_of', 'fraction', 'SettingSpec',
+           'project_settings_file', 'source_root', 'project_root', 'user_settings_file', 'Settings', 'load_settings',
+           'get_logger', 'setup_logging', 'progress', 'get_device', 'seed_everything', 'torch_generator', 'seeded',
+           'torch_threads', 'Config', 'resolve_profile', 'ProfileConfig', 'atomic_write_bytes', 'write_json',
+           'read_json']
 
 # %% ../nbs/00_core.ipynb #1c340b61
 class WorkbenchError(Exception):
@@ -38,6 +39,14 @@ def one_of(name: str, value, valid: Iterable) -> Any:
     if value not in valid:
         raise InputError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
     return value
+
+def fraction(name: str, value, low_open: bool = False) -> float:
+    "`value` as a float in [0, 1] ((0, 1] with `low_open`), else an `InputError` naming `name` and the valid range."
+    valid = "(0, 1]" if low_open else "[0, 1]"
+    try: v = float(value)
+    except (TypeError, ValueError): raise InputError(f"{name}: expected a number in {valid}, got {value!r}") from None
+    if not (0 < v <= 1 if low_open else 0 <= v <= 1): raise InputError(f"{name}: expected a number in {valid}, got {value!r}")
+    return v
 
 # %% ../nbs/00_core.ipynb #845d43fc
 SECTION = "workbench"
@@ -245,7 +254,7 @@ def resolve_profile(profile: str, profiles: Mapping[str, Mapping], **given) -> C
     cfg["profile"] = profile
     return cfg
 
-# %% ../nbs/00_core.ipynb #9028448a
+# %% ../nbs/00_core.ipynb #863d7ff5
 class ProfileConfig:
     "Mixin of a method's config dataclass: `PROFILES` maps profile names to field values; `profile()` builds one."
     PROFILES: ClassVar[dict] = {}

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..core import InputError, get_logger, one_of, progress
 from ..models.hooks import Trace
+from ..models.vits import _model_device
 
 log = get_logger("cka")
 
@@ -303,9 +304,6 @@ def _taps(taps) -> list[FeatureTap]:
     taps = [FeatureTap(t) if isinstance(t, str) else t for t in taps]
     for t in taps: one_of(f"read of tap {t.layer}", t.read, ("output", "input"))
     return taps
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters(), torch.empty(0)).device
 
 def _trace_features(model, x, taps, device):
     "Run `model` on `x` once and return the features of every tap (on `device`)."

@@ -198,7 +198,7 @@ def predict_masks(model: nn.Module, images: torch.Tensor, batch_size: int = 64, 
     "Binary masks (N, H, W) bool: foreground probability above `threshold` (the 'value' rule of `SaliencyMaps.masks`)."
     return segmenter_maps(model, images, batch_size, device).masks("value", threshold)
 
-# %% ../../nbs/31_distill.ipynb #5e9e70eb
+# %% ../../nbs/31_distill.ipynb #99eaa427
 def evaluate_segmenter(model: nn.Module, test: MaskSet, threshold: float = 0.5, min_area: int = DEFAULT_MIN_AREA,
                        gt_min_area: int = 1, join: int = DEFAULT_JOIN, iou: float = 0.5, batch_size: int = 64, device=None) -> dict:
     "Box F1/precision/recall of `model` on `test` (see `evaluate_boxes`), and the pixel IoU."
@@ -250,9 +250,9 @@ def clip_threshold(model: nn.Module, images: torch.Tensor, scorer, prompt: str, 
     maps = segmenter_maps(model, images, batch_size, device)
     total = {t: 0.0 for t in grid}
     for i in range(0, len(images), batch_size):
-        x = (images[i:i + batch_size].float() / 255).to(scorer.device)
+        x, batch = (images[i:i + batch_size].float() / 255).to(scorer.device), maps[i:i + batch_size]
         for t in grid:
-            m = maps[i:i + batch_size].masks("value", t)[:, None].to(scorer.device)
+            m = batch.masks("value", t)[:, None].to(scorer.device)
             total[t] += scorer.masked_similarity(x, m, [prompt])[:, 0].float().sum().item()
     sims = {t: total[t] / len(images) for t in grid}
     return max(grid, key=lambda t: (sims[t], -abs(t - 0.5))), sims

@@ -32,7 +32,7 @@ from ..core import progress as _progress
 from ..data.samples import Sample
 from ..data.splits import SparseDetectionDataset, samples_to_coco
 from ..eval.boxes import coco_ap, mining_quality, proposal_recall
-from ..models.transforms import IMAGENET_MEAN, IMAGENET_STD, unit_float
+from ..models.transforms import IMAGENET_MEAN, IMAGENET_STD, grayscale, unit_float
 from ..train.loop import TrainHistory, TrainResult
 
 log = get_logger("sparsedet")
@@ -120,7 +120,6 @@ def ablation_config(name: str, **overrides) -> SparseDetConfig:
 # %% ../../nbs/51_sparsedet.ipynb #98398af5
 _PCA_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
 _PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
-_GRAY = torch.tensor([0.299, 0.587, 0.114])
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
     return float(lo + (hi - lo) * torch.rand((), generator=g).item())
@@ -136,7 +135,7 @@ def photometric_cascade(image: torch.Tensor, generator: torch.Generator, contras
     w = torch.randn(3, generator=generator) * lighting
     x = c * x + (1 - c) * x.mean()
     x = b * x
-    gray = (x * _GRAY.to(x.device)[:, None, None]).sum(0, keepdim=True)
+    gray = grayscale(x)
     x = s * x + (1 - s) * gray
     shift = _PCA_EIGVEC @ (w * _PCA_EIGVAL)
     x = x + shift.to(x.device)[:, None, None]

@@ -563,7 +563,7 @@ def save_checkpoint(model: nn.Module, path: Path | str, arch: str, fp16: bool = 
         buf = io.BytesIO(); torch.save({**info, "state_dict": sd}, buf); data = buf.getvalue()
     return atomic_write_bytes(path, data)
 
-# %% ../../nbs/21_registry.ipynb #7a0e8321
+# %% ../../nbs/21_registry.ipynb #7aea7565
 CHECKPOINTS = "checkpoints"
 
 def checkpoint_path(name: str) -> Path:
