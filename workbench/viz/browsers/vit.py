@@ -177,7 +177,6 @@ class AttentionBrowser(Browser):
         if not st.iou: rows.append(("IoU", "no masks"))
         return info_table(rows)
 
-
 # %% ../../../nbs/81_vit_browsers.ipynb #cb8d4188
 class CKABrowser(Browser):
     "Pick a CKA result (layer × layer of a model, or model × model) and see its heatmap on the shared [0, 1] scale, or all of them side by side."
