@@ -15,7 +15,7 @@ from ..core import InputError, one_of
 from ..data.samples import mask_boxes
 
 # %% auto #0
-__all__ = ['MASK_RULES', 'IOU_MASS', 'mass_threshold', 'normalize_maps', 'SaliencyMaps']
+__all__ = ['MASK_RULES', 'IOU_MASS', 'mass_threshold', 'resize_maps', 'normalize_maps', 'SaliencyMaps']
 
 # %% ../../nbs/29a_maps.ipynb #1da4af1e
 MASK_RULES = ("value", "max", "mass")
@@ -29,6 +29,14 @@ def mass_threshold(maps: torch.Tensor, mass: float = IOU_MASS) -> torch.Tensor:
     cum = vals.double().cumsum(-1)
     idx = torch.searchsorted(cum.contiguous(), (mass * cum[..., -1:]).contiguous()).clamp_max(flat.shape[-1] - 1)
     return (flat >= vals.gather(-1, idx)).reshape(maps.shape)
+
+def resize_maps(maps: torch.Tensor, size) -> torch.Tensor:
+    "Maps (..., h, w) resized bilinearly (align_corners=False) to `size` (H, W); maps already that size are returned as they are."
+    size = tuple(int(s) for s in size)
+    if tuple(maps.shape[-2:]) == size: return maps
+    if maps.ndim == 4: return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    planes = maps.reshape(-1, 1, *maps.shape[-2:])
+    return F.interpolate(planes, size=size, mode="bilinear", align_corners=False).reshape(*maps.shape[:-2], *size)
 
 def normalize_maps(maps) -> torch.Tensor:
     "Each (..., H, W) map min-max normalised to [0, 1] (in float64, returned as float32); a constant map, or one holding NaN or inf, becomes all zeros (wsolevaluation's normalize_scoremap)."
@@ -75,10 +83,7 @@ class SaliencyMaps:
     def upsampled(self, size=None) -> torch.Tensor:
         "The maps resized to `size` (default: the image size), bilinearly, as float32; maps already that size are returned as they are."
         size = self.image_size if size is None else ((size, size) if isinstance(size, int) else tuple(size))
-        m = self.maps.float()
-        if tuple(m.shape[-2:]) == tuple(size): return m
-        if m.ndim == 3: return F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        return resize_maps(self.maps.float(), size)
 
     def masks(self, rule: str = "max", value=0.5, size=None) -> torch.Tensor:
         "Boolean masks at the image size (or `size`) by `rule` ('value', 'max' or 'mass', see above) with `value`."

@@ -9,10 +9,10 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core import InputError, fraction
 from .boxes import as_mask_stack
+from .maps import resize_maps
 
 # %% auto #0
 __all__ = ['max_f_beta', 'iou_per_image', 'mask_iou', 'pixel_accuracy', 'pixel_iou']
@@ -75,17 +75,12 @@ def _same_count(a: list, b: list, name_a: str, name_b: str) -> None:
     "Raise an InputError unless the two per-image lists are equally long."
     if len(a) != len(b): raise InputError(f"{name_b}: {len(b)} entries for {len(a)} {name_a}; expected one per image")
 
-def _resize(pred: torch.Tensor, size) -> torch.Tensor:
-    "A (h, w) map resized bilinearly (align_corners=False) to `size`."
-    if tuple(pred.shape) == tuple(size): return pred
-    return F.interpolate(pred[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
-
 def _pairs(preds, gts) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     "Per image the float32 prediction resized to its ground truth's size and the bool ground truth (on the prediction's device), checked."
     p, g = _images(preds, "preds", _probabilities), _images(gts, "gts", _soft_masks)
     _same_count(p, g, "preds", "gts")
     g = [m.to(a.device) for a, m in zip(p, g)]
-    return [_resize(a, m.shape) for a, m in zip(p, g)], g
+    return [resize_maps(a, m.shape) for a, m in zip(p, g)], g
 
 def _counts(preds: list[torch.Tensor], gts: list[torch.Tensor], thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "TP and FP (N, K) of `pred > t` for ascending float32 thresholds t, and GT pixels (N,), from one histogram per image."

@@ -23,7 +23,7 @@ from ..eval.maps import SaliencyMaps
 from ..eval.saliency import pixel_iou
 from ..models.registry import (WEIGHT_SUFFIXES, WeightsMissingError, WeightsSource, load_state_dict_strict,
                                        read_checkpoint, register_model, save_checkpoint, unwrap_state_dict)
-from ..models.transforms import dihedral, flip_first, normalize
+from ..models.transforms import dihedral, flip_first, normalize, unit_float
 from ..train.loop import TrainHistory, TrainResult, cosine_schedule, use_bf16_autocast
 
 log = get_logger("distill")
@@ -250,7 +250,7 @@ def clip_threshold(model: nn.Module, images: torch.Tensor, scorer, prompt: str, 
     maps = segmenter_maps(model, images, batch_size, device)
     total = {t: 0.0 for t in grid}
     for i in range(0, len(images), batch_size):
-        x, batch = (images[i:i + batch_size].float() / 255).to(scorer.device), maps[i:i + batch_size]
+        x, batch = unit_float(images[i:i + batch_size]).to(scorer.device), maps[i:i + batch_size]
         for t in grid:
             m = batch.masks("value", t)[:, None].to(scorer.device)
             total[t] += scorer.masked_similarity(x, m, [prompt])[:, 0].float().sum().item()

@@ -149,16 +149,8 @@ def unit_maps(gen: GeneratorAdapter, stats: UnitStats, layer: str, units: Sequen
 def unit_masks(gen: GeneratorAdapter, stats: UnitStats, layer: str, units: Sequence[int] | int, seeds,
                q: float = 0.99, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     "Images (N, 3, H, W) in [0, 1] for `seeds` and masks (N, U, H, W) of the chosen units of `layer`."
-    units = [units] if isinstance(units, int) else list(units)
-    seeds = as_seeds(seeds)
-    th = stats.threshold(layer, q=q)[units]
-    imgs, masks = [], []
-    with torch.no_grad(), Trace(gen.module, [layer]) as tr:
-        for i in range(0, len(seeds), batch_size):
-            x = gen(gen.sample_latents(seeds[i:i + batch_size]).to(gen.device))
-            imgs.append(to_unit(x).cpu())
-            masks.append(activation_masks(tr[layer].output[:, units], th, x.shape[-1]).cpu())
-    return torch.cat(imgs), torch.cat(masks)
+    images, maps = unit_maps(gen, stats, layer, units, seeds, q, batch_size)
+    return images, maps.masks("value", torch.tensor(maps.meta["thresholds"]))
 
 # %% ../../nbs/30_neurons.ipynb #1c3509cb
 @dataclass

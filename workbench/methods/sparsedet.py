@@ -629,7 +629,7 @@ def train_detector(model: SparseDetRCNN, dataset, cfg: SparseDetConfig | None = 
             while len(order) < batch_size: order += torch.randperm(len(dataset), generator=g_data).tolist()
             idx, order = order[:batch_size], order[batch_size:]
             batch = [_clean(dataset[i]) for i in idx]
-            images = [s.image.to(device).float() / 255 for s in batch]
+            images = [unit_float(s.image.to(device)) for s in batch]
             targets = [_target(s, device) for s in batch]
             row = dict(step=step, lr=opt.param_groups[0]["lr"])
             if sparsedet:

@@ -15,7 +15,7 @@ from torch import nn
 from ..core import InputError, get_device, get_logger, progress, torch_generator
 from ..models.clip import (THING_CLASSES, VIEW_CLASSES, VIEW_PHRASES, image_config, mask_images,
                                    preprocess_images, present_classes, view_caption, view_class_map, view_mask)
-from ..models.transforms import dihedral
+from ..models.transforms import dihedral, unit_float
 from .loop import TrainHistory, TrainResult, cosine_schedule, param_groups
 
 log = get_logger(__name__)
@@ -57,7 +57,7 @@ class AerialPairs:
                 img, _ = self.masked_view(i, cls, generator)
                 cap = view_caption(cls, int(torch.randint(len(VIEW_PHRASES[cls]), (1,), generator=generator)))
             else:
-                img, cap, cls = self.images[i].float() / 255, self.captions[i], ""
+                img, cap, cls = unit_float(self.images[i]), self.captions[i], ""
             if augment: img = dihedral(img, int(torch.randint(8, (1,), generator=generator)))
             out.append(img); caps.append(cap); kinds.append(cls)
         return torch.stack(out), caps, kinds

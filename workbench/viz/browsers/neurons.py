@@ -10,6 +10,7 @@ import ipywidgets as W
 from ...data.samples import MaskSet
 from ...methods.neurons import UnitScores, UnitStats, score_units, unit_masks
 from ...models.generators import GeneratorAdapter
+from ...models.transforms import unit_float
 from .base import Browser
 from ..figures import figure_png, overlay_grid
 
@@ -101,7 +102,7 @@ class NeuronBrowser(Browser):
         self.sample.max = max(0, len(pl) - 1)
         i = self.sample.value
         sl = slice(i, i + 8)
-        imgs, tg = pl.images[sl].float() / 255, pl.targets[sl, 0]
+        imgs, tg = unit_float(pl.images[sl]), pl.targets[sl, 0]
         self.image.value = figure_png(overlay_grid(imgs, tg > 0.5, [f"seed {s}" for s in pl.ids[sl]]))
         self.info.value = f"<b>{pl.meta.get('variant', self.variant.value)}</b>: {len(pl)} images; " + ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in pl.meta.items() if k != "variant")
