@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from workbench.core import InputError
 from workbench.eval import localization
-from workbench.eval.localization import cam_boxes, gt_known_loc, localization_hits, max_box_acc
+from workbench.eval.localization import best_box_iou, cam_boxes, gt_known_loc, localization_hits, max_box_acc
 from workbench.eval.maps import SaliencyMaps, normalize_maps
 
 
@@ -131,6 +131,35 @@ def test_small_component_matches_only_without_largest_only():
     gt = [torch.tensor([[4.0, 5.0, 6.0, 6.0]])]  # the 2-px strip of two_blobs
     assert gt_known_loc(two_blobs(), gt, 0.5) == 0.0  # largest box (0, 0, 3, 3) does not overlap it: IoU 0
     assert gt_known_loc(two_blobs(), gt, 0.5, largest_only=False) == 1.0  # the strip's own box: IoU 1
+
+
+
+# ---- best_box_iou (binary masks, any rule)
+
+def test_best_box_iou_of_masks_by_hand():
+    masks = two_blobs().bool()  # the 3x3 block's box (0, 0, 3, 3), area 9; the strip's (4, 5, 6, 6), area 2
+    taller = torch.tensor([[0.0, 0.0, 3.0, 4.0]])  # area 12, holds the block: IoU 9 / 12 = 0.75
+    strip = torch.tensor([[4.0, 5.0, 6.0, 6.0]])
+    assert best_box_iou(masks, [taller]).tolist() == [0.75]
+    assert best_box_iou(masks, [strip]).tolist() == [0.0]  # largest box only: the block does not touch the strip
+    assert best_box_iou(masks, [strip], largest_only=False).tolist() == [1.0]  # the strip's own box
+    both = torch.cat([taller, strip])
+    assert best_box_iou(masks, [both], largest_only=False).tolist() == [1.0]  # the best pair: strip with strip
+
+
+def test_best_box_iou_empty_sides_and_numbers():
+    empty, block = torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)
+    block[0, 0:2, 0:2] = 1  # 0/1 numbers count as binary: box (0, 0, 2, 2)
+    gt = [torch.tensor([[0.0, 0.0, 2.0, 2.0]])]
+    assert best_box_iou(torch.cat([empty, block]), gt * 2).tolist() == [0.0, 1.0]  # no predicted box: 0
+    assert best_box_iou(block, [torch.zeros(0, 4)]).tolist() == [0.0]  # no GT box: 0
+
+
+def test_best_box_iou_agrees_with_localization_hits():
+    maps, gts = two_image_example()
+    for t in (0.1, 0.5, 0.9):
+        masks = SaliencyMaps(maps, maps.shape[-2:]).masks("max", t)  # the 'max' rule cuts what cam_boxes cuts
+        assert (best_box_iou(masks, gts) >= 0.5).tolist() == localization_hits(maps, gts, t).tolist()
 
 
 def test_upsampled_object_3x3_to_6x6():
@@ -263,6 +292,9 @@ GT1 = [torch.tensor([[0.0, 0.0, 2.0, 2.0]])]
     (lambda: gt_known_loc(torch.zeros(1, 4, 4), [torch.tensor([[3.0, 0.0, 1.0, 2.0]])], 0.5), "gt_boxes[0]"),  # x1 < x0
     (lambda: gt_known_loc(torch.zeros(1, 4, 4), [torch.tensor([[0.0, 0.0, float("nan"), 2.0]])], 0.5), "gt_boxes[0]"),
     (lambda: max_box_acc(torch.zeros(1, 4, 4), [torch.zeros(1, 3)]), "gt_boxes[0]"),
+    (lambda: best_box_iou(torch.full((1, 2, 2), 0.5), GT1), "masks"),             # not binary
+    (lambda: best_box_iou(torch.zeros(4, 4), GT1), "masks"),                      # a single (H, W) mask
+    (lambda: best_box_iou(torch.zeros(2, 4, 4, dtype=torch.bool), GT1), "gt_boxes"),
 ])
 def test_bad_input_names_the_argument(call, name):
     assert_names_argument(call, name)

@@ -16,22 +16,22 @@ from ..data.samples import mask_boxes
 from .maps import normalize_maps
 
 # %% auto #0
-__all__ = ['cam_boxes', 'localization_hits', 'gt_known_loc', 'max_box_acc']
+__all__ = ['cam_boxes', 'best_box_iou', 'localization_hits', 'gt_known_loc', 'max_box_acc']
 
 # %% ../../nbs/29b_localization.ipynb #a6076d97
-def _maps(maps, finite: bool = True) -> torch.Tensor:
-    "The (N, H, W) maps (CPU) of a tensor, an array or an object with `upsampled()`; NaN/inf is an error unless `finite` is False."
+def _maps(maps, name: str = "maps") -> torch.Tensor:
+    "The finite (N, H, W) maps (CPU, float64) of a tensor, an array or an object with `upsampled()`; errors name the argument `name`."
     if hasattr(maps, "upsampled"): maps = maps.upsampled()
     if not isinstance(maps, (torch.Tensor, np.ndarray)):
-        raise InputError(f"maps: expected a (N, H, W) tensor/array or an object with upsampled(), got {type(maps).__name__}")
+        raise InputError(f"{name}: expected a (N, H, W) tensor/array or an object with upsampled(), got {type(maps).__name__}")
     try: t = torch.as_tensor(maps).detach().cpu()
-    except (TypeError, ValueError, RuntimeError): raise InputError(f"maps: expected a numeric (N, H, W) array, got dtype {maps.dtype}") from None
+    except (TypeError, ValueError, RuntimeError): raise InputError(f"{name}: expected a numeric (N, H, W) array, got dtype {maps.dtype}") from None
     if t.ndim != 3 or 0 in t.shape:
-        raise InputError(f"maps: expected shape (N, H, W) with N, H, W >= 1 (a single map needs map[None]), got {tuple(t.shape)}")
-    if t.is_complex(): raise InputError(f"maps: expected real values, got dtype {t.dtype}")
+        raise InputError(f"{name}: expected shape (N, H, W) with N, H, W >= 1 (a single map needs map[None]), got {tuple(t.shape)}")
+    if t.is_complex(): raise InputError(f"{name}: expected real values, got dtype {t.dtype}")
     t = t.double()
-    if finite and not torch.isfinite(t).all():
-        raise InputError(f"maps: expected finite values, found {int((~torch.isfinite(t)).sum())} NaN/inf")
+    if not torch.isfinite(t).all():
+        raise InputError(f"{name}: expected finite values, found {int((~torch.isfinite(t)).sum())} NaN/inf")
     return t
 
 def _fractions(name: str, values, low_open: bool = False) -> list[float]:
@@ -65,12 +65,16 @@ def _gt_boxes(gt_boxes, n: int) -> list[torch.Tensor]:
                          f"(a (N, 4) array holds one box per image, a list of (G, 4) arrays several)")
     return [_box_array(b, f"gt_boxes[{i}]") for i, b in enumerate(items)]
 
-def _best_ious(norm: torch.Tensor, gts: list[torch.Tensor], threshold: float, largest_only: bool) -> torch.Tensor:
-    "(N,) highest IoU of any box of a normalised map cut at `threshold` with any GT box of its image; 0 without a box on either side."
+def _box_ious(masks: torch.Tensor, gts: list[torch.Tensor], largest_only: bool) -> torch.Tensor:
+    "(N,) highest IoU of any box of each binary mask with any GT box of its image; 0 without a box on either side."
     def best(m, g):
-        boxes = mask_boxes(m > threshold, largest_only=largest_only)
+        boxes = mask_boxes(m, largest_only=largest_only)
         return box_iou(boxes, g).max().item() if len(boxes) and len(g) else 0.0
-    return torch.tensor([best(m, g) for m, g in zip(norm, gts)], dtype=torch.float32)
+    return torch.tensor([best(m, g) for m, g in zip(masks, gts)], dtype=torch.float32)
+
+def _best_ious(norm: torch.Tensor, gts: list[torch.Tensor], threshold: float, largest_only: bool) -> torch.Tensor:
+    "(N,) `_box_ious` of normalised maps cut at `threshold`."
+    return _box_ious(norm > threshold, gts, largest_only)
 
 def _inputs(maps, gt_boxes) -> tuple[torch.Tensor, list[torch.Tensor]]:
     "Normalised maps and per-image GT boxes, checked."
@@ -81,6 +85,12 @@ def cam_boxes(maps, threshold: float, largest_only: bool = True) -> list[torch.T
     "Per map the (K, 4) float32 xyxy boxes of the pixels with normalised value > `threshold`: the largest 8-connected component's or all."
     threshold = fraction("threshold", threshold)
     return [mask_boxes(m > threshold, largest_only=largest_only) for m in normalize_maps(_maps(maps))]
+
+def best_box_iou(masks, gt_boxes, largest_only: bool = True) -> torch.Tensor:
+    "(N,) float32: per binary mask (N, H, W), the highest IoU of its box (the largest 8-connected component's, or any component's) with a GT box of its image; 0 without a box on either side."
+    m = _maps(masks, "masks")
+    if not ((m == 0) | (m == 1)).all(): raise InputError("masks: expected binary masks (bool, or values 0 and 1 only), found other values")
+    return _box_ious(m.bool(), _gt_boxes(gt_boxes, len(m)), largest_only)
 
 def localization_hits(maps, gt_boxes, threshold: float, iou: float = 0.5, largest_only: bool = True) -> torch.Tensor:
     "(N,) bool: the map's box (any of its boxes when not `largest_only`) at `threshold` has IoU >= `iou` with some GT box of its image."

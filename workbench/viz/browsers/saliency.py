@@ -10,11 +10,9 @@ from collections.abc import Mapping
 
 import ipywidgets as W
 import torch
-from torchvision.ops import box_iou
 
 from ...core import InputError
-from ...data.samples import mask_boxes
-from ...eval.localization import localization_hits
+from ...eval.localization import best_box_iou
 from ...eval.maps import MASK_RULES, SaliencyMaps
 from ...eval.saliency import iou_per_image
 from .base import Browser, info_table
@@ -73,17 +71,16 @@ class SaliencyBrowser(Browser):
         out = dict(masks=masks, area=masks.float().flatten(1).mean(1))
         if self.gt_masks is not None: out["mask_iou"] = iou_per_image(masks, self.gt_masks)
         if self.gt_boxes is not None:
-            out["boxes"] = boxes = [mask_boxes(m, largest_only=self.largest.value) for m in masks]
-            out["box_iou"] = torch.tensor([box_iou(b, g).max().item() if len(b) and len(g) else 0.0 for b, g in zip(boxes, self.gt_boxes)])
-            out["hit"] = (localization_hits(sm.upsampled((H, W_)), self.gt_boxes, self.value.value, self.iou, self.largest.value)
-                          if self.rule.value == "max" else out["box_iou"] >= self.iou)
+            out["box_iou"] = best_box_iou(masks, self.gt_boxes, self.largest.value)
+            out["hit"] = out["box_iou"] >= self.iou        # with the 'max' rule these masks are cam_boxes' own: GT-known Loc
         self._cache = {key: out}
         return out
 
     def figure(self):
         "The matplotlib figure of the current image (the caller closes it)."
         i, sm = self.index.value, self.current_maps()
-        return saliency_grid(sm[i], self.images[i][None], self.rule.value, self.value.value, boxes=True, ncols=1)
+        return saliency_grid(sm[i], self.images[i][None], self.rule.value, self.value.value, boxes=True, ncols=1,
+                             largest_only=self.largest.value)
 
     def describe(self) -> str:
         "The info panel's HTML for the current state."
