@@ -305,7 +305,7 @@ def image_attention(model, image: torch.Tensor, mask: torch.Tensor | None = None
 def cls_attention_maps(model: nn.Module, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
     "CLS-token attention (B, heads, h, w) at attention layer `layer` (an index into `block_attention_layers`) for normalised `images`."
     name = block_attention_layers(model)[layer]
-    dev = next(model.parameters()).device
+    dev = _model_device(model)
     with torch.inference_mode(), Trace(model, [name], stop=True) as tr:
         model(images.to(dev))
     return cls_attention(tr[name].output, model.num_prefix_tokens).cpu()

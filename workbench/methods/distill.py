@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..core import (InputError, ProfileConfig, get_device, get_logger, load_settings, one_of, progress,
-                            torch_generator)
+                            seeded, torch_generator)
 from ..data.samples import MaskSet
 from ..eval.boxes import DEFAULT_JOIN, DEFAULT_MIN_AREA, evaluate_boxes
 from ..eval.maps import SaliencyMaps
@@ -81,8 +81,7 @@ def build_unet(encoder: str = "resnet18", encoder_weights: str | None = None, de
     one_of("encoder_weights", encoder_weights, [None, "imagenet"])
     if encoder_weights is not None: path = find_encoder_weights(encoder, encoder_weights, weights_dir)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = smp.Unet(encoder, encoder_weights=None, in_channels=3, classes=1, decoder_channels=tuple(decoder_channels))
             if prior is not None: nn.init.constant_(model.segmentation_head[0].bias, math.log(prior / (1 - prior)))
     except KeyError as e: raise InputError(f"U-Net encoder {encoder!r}: {e.args[0] if e.args else e}") from None

@@ -26,8 +26,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, nms
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..core import (InputError, ProfileConfig, get_device, get_logger, one_of, read_json, torch_generator,
-                            torch_threads, write_json)
+from ..core import (InputError, ProfileConfig, get_device, get_logger, one_of, read_json, seeded,
+                            torch_generator, torch_threads, write_json)
 from ..core import progress as _progress
 from ..data.samples import Sample
 from ..data.splits import SparseDetectionDataset, samples_to_coco
@@ -483,8 +483,7 @@ def build_detector(num_classes: int, backbone: str = "resnet50_fpn", min_size: i
     if small_img:
         for k, v in dict(rpn_pre_nms_top_n=(1000, 500), rpn_post_nms_top_n=(300, 300), box_batch_size_per_image=64).items():
             detector_kw.setdefault(k, v)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         body = (_mobilenet_fpn(fpn_channels, pretrained_backbone) if backbone.startswith("mobilenet")
                 else _resnet_fpn(backbone[:-4], fpn_channels, pretrained_backbone, weights_dir))
         model = SparseDetRCNN(body, num_classes, min_size, max_size, anchor_sizes, representation_size=representation_size, **detector_kw)

@@ -18,7 +18,7 @@ from torch import nn
 from ..core import InputError, get_device, get_logger, one_of, seeded, torch_generator
 from ..core import progress as _progress
 from ..models.transforms import grayscale, normalize, unit_float
-from ..models.vits import OBJECT_MEAN, OBJECT_STD, SUPERVISIONS
+from ..models.vits import OBJECT_MEAN, OBJECT_STD, SUPERVISIONS, _model_device
 from .loop import TrainHistory, TrainResult, batch_indices, cosine_schedule, ema_update_, make_optimizer
 
 log = get_logger("train.vits")
@@ -474,7 +474,7 @@ def train_mae(model: nn.Module, images: torch.Tensor, steps: int, batch_size: in
 def mae_reconstruct(model: nn.Module, decoder: MAEDecoder, images: torch.Tensor, mask_ratio: float = 0.75, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     "Predicted patches (B, N, p·p·C) for normalised `images` with a random masking from `seed`, and that mask (B, N)."
     ps, grid = int(model.patch_embed.patch_size[0]), tuple(int(g) for g in model.patch_embed.grid_size)
-    dev = next(model.parameters()).device
+    dev = _model_device(model)
     plan = random_masking(len(images), grid[0] * grid[1], mask_ratio, torch_generator(seed), dev)
     with torch.no_grad(): return decoder(encode_visible(model, images.to(dev), plan.keep), plan.restore), plan.mask
 
