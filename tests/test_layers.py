@@ -114,3 +114,17 @@ def test_every_subpackage_is_packaged():
     expected = {".".join(p.parent.relative_to(ROOT).parts) for p in PKG.rglob("__init__.py")}
     assert expected <= packaged, sorted(expected - packaged)
     assert {"workbench.eval", "workbench.viz.browsers"} <= packaged
+
+
+def _ignored(paths: list[Path]) -> set[str]:
+    out = subprocess.run(["git", "check-ignore", "--no-index", *map(str, paths)], cwd=ROOT, capture_output=True, text=True)
+    return set(out.stdout.split())
+
+
+def test_no_library_file_is_git_ignored():
+    "A clone must carry the whole library: a .gitignore rule such as `data/` once hid workbench/data from every commit."
+    if not (ROOT / ".git").exists(): pytest.skip("not a git checkout")
+    files = sorted(p.relative_to(ROOT) for p in PKG.rglob("*.py"))
+    assert Path("workbench/data/worlds.py") in files
+    assert not _ignored(files), sorted(_ignored(files))
+    assert _ignored([Path("runs/x/status.json"), Path("data/coco/x.json")]), "the control: project folders are still ignored"
