@@ -65,26 +65,31 @@ def _gt_boxes(gt_boxes, n: int) -> list[torch.Tensor]:
                          f"(a (N, 4) array holds one box per image, a list of (G, 4) arrays several)")
     return [_box_array(b, f"gt_boxes[{i}]") for i, b in enumerate(items)]
 
-def _box_ious(masks: torch.Tensor, gts: list[torch.Tensor], largest_only: bool) -> torch.Tensor:
-    "(N,) highest IoU of any box of each binary mask with any GT box of its image; 0 without a box on either side."
+def _box_ious(masks: torch.Tensor, gts: list[torch.Tensor], largest_only: bool, min_area: int = 1) -> torch.Tensor:
+    "(N,) highest IoU of any box of each binary mask (components under `min_area` pixels dropped) with any GT box of its image; 0 without a box on either side."
     def best(m, g):
-        boxes = mask_boxes(m, largest_only=largest_only)
+        boxes = mask_boxes(m, min_area, largest_only=largest_only)
         return box_iou(boxes, g).max().item() if len(boxes) and len(g) else 0.0
     return torch.tensor([best(m, g) for m, g in zip(masks, gts)], dtype=torch.float32)
 
-def _best_ious(norm: torch.Tensor, gts: list[torch.Tensor], threshold: float, largest_only: bool) -> torch.Tensor:
+def _best_ious(norm: torch.Tensor, gts: list[torch.Tensor], threshold: float, largest_only: bool, min_area: int = 1) -> torch.Tensor:
     "(N,) `_box_ious` of normalised maps cut at `threshold`."
-    return _box_ious(norm > threshold, gts, largest_only)
+    return _box_ious(norm > threshold, gts, largest_only, min_area)
+
+def _min_area(min_area) -> int:
+    if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 1:
+        raise InputError(f"min_area={min_area!r}; valid: an integer >= 1 (components with fewer pixels give no box)")
+    return int(min_area)
 
 def _inputs(maps, gt_boxes) -> tuple[torch.Tensor, list[torch.Tensor]]:
     "Normalised maps and per-image GT boxes, checked."
     norm = normalize_maps(_maps(maps))
     return norm, _gt_boxes(gt_boxes, len(norm))
 
-def cam_boxes(maps, threshold: float, largest_only: bool = True) -> list[torch.Tensor]:
-    "Per map the (K, 4) float32 xyxy boxes of the pixels with normalised value > `threshold`: the largest 8-connected component's or all."
-    threshold = fraction("threshold", threshold)
-    return [mask_boxes(m > threshold, largest_only=largest_only) for m in normalize_maps(_maps(maps))]
+def cam_boxes(maps, threshold: float, largest_only: bool = True, min_area: int = 1) -> list[torch.Tensor]:
+    "Per map the (K, 4) float32 xyxy boxes of the pixels with normalised value > `threshold`: the largest 8-connected component's or all (of at least `min_area` pixels)."
+    threshold, min_area = fraction("threshold", threshold), _min_area(min_area)
+    return [mask_boxes(m > threshold, min_area, largest_only=largest_only) for m in normalize_maps(_maps(maps))]
 
 def best_box_iou(masks, gt_boxes, largest_only: bool = True) -> torch.Tensor:
     "(N,) float32: per binary mask (N, H, W), the highest IoU of its box (the largest 8-connected component's, or any component's) with a GT box of its image; 0 without a box on either side."
@@ -92,23 +97,23 @@ def best_box_iou(masks, gt_boxes, largest_only: bool = True) -> torch.Tensor:
     if not ((m == 0) | (m == 1)).all(): raise InputError("masks: expected binary masks (bool, or values 0 and 1 only), found other values")
     return _box_ious(m.bool(), _gt_boxes(gt_boxes, len(m)), largest_only)
 
-def localization_hits(maps, gt_boxes, threshold: float, iou: float = 0.5, largest_only: bool = True) -> torch.Tensor:
-    "(N,) bool: the map's box (any of its boxes when not `largest_only`) at `threshold` has IoU >= `iou` with some GT box of its image."
-    threshold, iou = fraction("threshold", threshold), fraction("iou", iou, low_open=True)
+def localization_hits(maps, gt_boxes, threshold: float, iou: float = 0.5, largest_only: bool = True, min_area: int = 1) -> torch.Tensor:
+    "(N,) bool: the map's box (any of its boxes when not `largest_only`; components under `min_area` pixels give none) at `threshold` has IoU >= `iou` with some GT box of its image."
+    threshold, iou, min_area = fraction("threshold", threshold), fraction("iou", iou, low_open=True), _min_area(min_area)
     norm, gts = _inputs(maps, gt_boxes)
-    return _best_ious(norm, gts, threshold, largest_only) >= iou
+    return _best_ious(norm, gts, threshold, largest_only, min_area) >= iou
 
-def gt_known_loc(maps, gt_boxes, threshold: float, iou: float = 0.5, largest_only: bool = True) -> float:
+def gt_known_loc(maps, gt_boxes, threshold: float, iou: float = 0.5, largest_only: bool = True, min_area: int = 1) -> float:
     "GT-known localization accuracy: the fraction of images counted by `localization_hits`."
-    hits = localization_hits(maps, gt_boxes, threshold, iou, largest_only)
+    hits = localization_hits(maps, gt_boxes, threshold, iou, largest_only, min_area)
     return int(hits.sum()) / len(hits)
 
-def max_box_acc(maps, gt_boxes, thresholds=np.arange(0, 1, 0.01), ious=(0.5,), largest_only: bool = True) -> dict:
+def max_box_acc(maps, gt_boxes, thresholds=np.arange(0, 1, 0.01), ious=(0.5,), largest_only: bool = True, min_area: int = 1) -> dict:
     "MaxBoxAcc: box accuracy per threshold, max per IoU level (lowest threshold on ties), mean over levels; `(0.3, 0.5, 0.7)`, all boxes: V2."
-    thresholds, ious = _fractions("thresholds", thresholds), _fractions("ious", ious, low_open=True)
+    thresholds, ious, min_area = _fractions("thresholds", thresholds), _fractions("ious", ious, low_open=True), _min_area(min_area)
     if len(set(ious)) != len(ious): raise InputError(f"ious: expected distinct IoU levels, got {ious}")
     norm, gts = _inputs(maps, gt_boxes)
-    best = torch.stack([_best_ious(norm, gts, t, largest_only) for t in thresholds])
+    best = torch.stack([_best_ious(norm, gts, t, largest_only, min_area) for t in thresholds])
     curve = {iou: [c / len(norm) for c in (best >= iou).sum(1).tolist()] for iou in ious}
     per_iou = {iou: max(c) for iou, c in curve.items()}
     best_threshold = {iou: min(t for t, a in zip(thresholds, c) if a == per_iou[iou]) for iou, c in curve.items()}
