@@ -1,0 +1,95 @@
+"""workbench.methods.score_cam against pytorch-grad-cam's ScoreCAM, the peer its "gradcam" weighting reproduces, and its
+other guarantees on CLIPs with random weights (RN50 at 224 px included)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.core import seeded
+from workbench.methods.score_cam import as_scorer, query_embedding, score_cam
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_clip(tower: str, seed: int = 0, width: int = 8):
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, set_model_preprocess_cfg
+    vis = (CLIPVisionCfg(layers=(1, 1, 1, 1), width=width, head_width=8, image_size=64) if tower == "resnet"
+           else CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=8, image_size=64))
+    with seeded(seed):
+        m = CLIP(32, vis, CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1))
+    set_model_preprocess_cfg(m, dict(size=64, mode="RGB", mean=(0.48145466, 0.4578275, 0.40821073),
+                                     std=(0.26862954, 0.26130258, 0.27577711), interpolation="bicubic", resize_mode="shortest",
+                                     fill_color=0))
+    return m.eval()
+
+
+class ImageEmbedding(nn.Module):
+    "What pytorch-grad-cam sees: the image tower, whose output the target scores."
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, x): return self.clip.encode_image(x)
+
+
+class CosineTarget:
+    "pytorch-grad-cam has no CLIP target (its issues #460, #568): cosine similarity of one output with a text embedding."
+    def __init__(self, text): self.text = text
+
+    def __call__(self, output): return F.cosine_similarity(output, self.text, dim=0)
+
+
+def gradcam_scorecam(clip, images, query, layer):
+    ScoreCAM = pytest.importorskip("pytorch_grad_cam").ScoreCAM
+    sc = as_scorer(clip)
+    x = sc.preprocess(images)
+    text = query_embedding(sc, [query])[0]
+    module = dict(ImageEmbedding(clip).named_modules())["clip." + layer]
+    wrapped = ImageEmbedding(clip)
+    with ScoreCAM(model=wrapped, target_layers=[module]) as cam:
+        cam.batch_size = 64
+        out = cam(input_tensor=x, targets=[CosineTarget(text)] * len(x))
+    return torch.from_numpy(out)
+
+
+def pearson(a, b):
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+@pytest.mark.parametrize("layer", ["visual.layer3", "visual.layer4"])
+def test_gradcam_weighting_reproduces_pytorch_grad_cam(layer):
+    clip = tiny_clip("resnet")
+    imgs = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    theirs = gradcam_scorecam(clip, imgs, "fish", layer)
+    ours = score_cam(clip, imgs, "fish", layer=layer, weighting="gradcam")
+    r = pearson(ours.upsampled(theirs.shape[-2:]), theirs)
+    assert (r >= 0.999).all(), r
+    # the default weighting is a different method: its maps are not pytorch-grad-cam's
+    assert not torch.allclose(score_cam(clip, imgs, "fish", layer=layer).upsampled(theirs.shape[-2:]), theirs, atol=1e-3)
+
+
+def test_same_seed_same_maps_and_vit_sources_differ():
+    clip = tiny_clip("vit")
+    imgs = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    a = score_cam(clip, imgs, "car", source="maskclip")
+    b = score_cam(tiny_clip("vit"), imgs, "car", source="maskclip")
+    assert torch.equal(a.maps, b.maps)
+    c = score_cam(clip, imgs, "car", source="qkv_pca")
+    assert not torch.allclose(a.maps, c.maps)
+
+
+def test_temperature_sharpens_softmax_weights():
+    clip = tiny_clip("resnet")
+    imgs = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    own = as_scorer(clip).encode_images(imgs)      # each image's own embedding as its query: masked copies beat the baseline
+    w1 = score_cam(clip, imgs, own, layer="visual.layer3", temperature=1.0).meta["weights"]
+    w01 = score_cam(clip, imgs, own, layer="visual.layer3", temperature=1e-5).meta["weights"]
+    kept = w1 > 0
+    assert kept.any()
+    # temperature 1 with cosines in [-1, 1]: nearly uniform over the kept channels; 1e-5 (this random model's scores differ
+    # by about 1e-4, its embeddings all being alike): several times more concentrated
+    assert float(w1.max(1).values.max()) < 2.5 / float(kept.sum(1).min())
+    assert (w01.max(1).values > 3 * w1.max(1).values).all()
