@@ -1,11 +1,12 @@
 """workbench.methods.score_cam against pytorch-grad-cam's ScoreCAM, the peer its "gradcam" weighting reproduces, and its
-other guarantees on CLIPs with random weights (RN50 at 224 px included)."""
-import numpy as np
+other guarantees on CLIPs with random weights. RN50 at 224 px is checked in benchmarks/bench_scorecam.py (minutes on a CPU),
+whose pytorch-grad-cam wrapper these tests share."""
+import importlib.util
+
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from conftest import ROOT
 from workbench.core import seeded
 from workbench.methods.score_cam import as_scorer, query_embedding, score_cam
 
@@ -24,39 +25,22 @@ def tiny_clip(tower: str, seed: int = 0, width: int = 8):
     return m.eval()
 
 
-class ImageEmbedding(nn.Module):
-    "What pytorch-grad-cam sees: the image tower, whose output the target scores."
-    def __init__(self, clip):
-        super().__init__()
-        self.clip = clip
+def _bench():
+    "benchmarks/bench_scorecam.py: its pytorch-grad-cam wrapper (image tower → embedding, cosine target) and Pearson r."
+    spec = importlib.util.spec_from_file_location("bench_scorecam", ROOT / "benchmarks" / "bench_scorecam.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
-    def forward(self, x): return self.clip.encode_image(x)
 
-
-class CosineTarget:
-    "pytorch-grad-cam has no CLIP target (its issues #460, #568): cosine similarity of one output with a text embedding."
-    def __init__(self, text): self.text = text
-
-    def __call__(self, output): return F.cosine_similarity(output, self.text, dim=0)
+bench = _bench()
 
 
 def gradcam_scorecam(clip, images, query, layer):
-    ScoreCAM = pytest.importorskip("pytorch_grad_cam").ScoreCAM
+    pytest.importorskip("pytorch_grad_cam")
     sc = as_scorer(clip)
-    x = sc.preprocess(images)
     text = query_embedding(sc, [query])[0]
-    module = dict(ImageEmbedding(clip).named_modules())["clip." + layer]
-    wrapped = ImageEmbedding(clip)
-    with ScoreCAM(model=wrapped, target_layers=[module]) as cam:
-        cam.batch_size = 64
-        out = cam(input_tensor=x, targets=[CosineTarget(text)] * len(x))
-    return torch.from_numpy(out)
-
-
-def pearson(a, b):
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    return bench.gradcam_maps(clip, sc.preprocess(images), [text] * len(images), layer)
 
 
 @pytest.mark.parametrize("layer", ["visual.layer3", "visual.layer4"])
@@ -65,7 +49,7 @@ def test_gradcam_weighting_reproduces_pytorch_grad_cam(layer):
     imgs = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     theirs = gradcam_scorecam(clip, imgs, "fish", layer)
     ours = score_cam(clip, imgs, "fish", layer=layer, weighting="gradcam")
-    r = pearson(ours.upsampled(theirs.shape[-2:]), theirs)
+    r = torch.tensor(bench.pearson(ours.upsampled(theirs.shape[-2:]), theirs))
     assert (r >= 0.999).all(), r
     # the default weighting is a different method: its maps are not pytorch-grad-cam's
     assert not torch.allclose(score_cam(clip, imgs, "fish", layer=layer).upsampled(theirs.shape[-2:]), theirs, atol=1e-3)

@@ -18,6 +18,7 @@ from ..eval.maps import SaliencyMaps, normalize_maps
 from ..models.clip import ClipScorer, image_config
 from ..models.hooks import Trace, find_layer
 from ..models.registry import LoadedModel, load_model
+from ..models.vits import token_grid
 
 log = get_logger("score_cam")
 
@@ -99,18 +100,16 @@ def _targets(scorer: ClipScorer, queries, n: int, templates) -> tuple[torch.Tens
     return emb[torch.tensor([uniq.index(q) for q in qs], device=emb.device)], qs
 
 @torch.inference_mode()
-def zero_shot_logits(model, images: torch.Tensor, labels: Sequence[str], templates=SEED_TEMPLATES, batch_size: int | None = None) -> torch.Tensor:
+def zero_shot_logits(model, images: torch.Tensor, labels: Sequence[str], templates=SEED_TEMPLATES) -> torch.Tensor:
     "(N, K) cosine similarities of every image with every label's text embedding (CLIP zero-shot classification), on the CPU."
     scorer = as_scorer(model)
-    if batch_size: scorer.batch_size = int(batch_size)
     return (scorer.encode_images(images) @ query_embedding(scorer, list(labels), templates).T).cpu()
 
 # %% ../../nbs/60_score_cam.ipynb #6325e612
 def _tokens_to_grid(tokens: torch.Tensor, visual) -> torch.Tensor:
-    "Batch-first tokens (N, L, W) → patch grid (N, W, h, w), prefix (class) tokens dropped."
-    h, w = (int(s) for s in visual.grid_size)
-    if tokens.shape[1] < h * w: raise InputError(f"tokens: {tokens.shape[1]} tokens for a {h}×{w} patch grid")
-    return tokens[:, tokens.shape[1] - h * w:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+    "Batch-first tokens (N, L, W) of an open_clip ViT (one class token) → patch grid (N, W, h, w)."
+    h, w = token_grid(tokens.shape[1], 1, tuple(int(s) for s in visual.grid_size))
+    return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
 
 def _batch_first(model, tokens: torch.Tensor) -> torch.Tensor:
     return tokens if getattr(model.visual.transformer, "batch_first", True) else tokens.transpose(0, 1)
@@ -124,9 +123,9 @@ def _layer_maps(model, x: torch.Tensor, layer: str) -> torch.Tensor:
     if out.ndim == 3 and clip_tower(model) == "vit": return _tokens_to_grid(_batch_first(model, out), model.visual).float()
     raise InputError(f"layer {layer!r}: output of shape {tuple(out.shape)} is neither a feature map (N, C, h, w) nor ViT tokens")
 
-def _last_block_input(model, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
-    "The last residual block of a ViT tower and its batch-first input tokens (N, L, W)."
-    name = vit_blocks(model)[-1]
+def _block_input(model, x: torch.Tensor, name: str | None = None) -> tuple[nn.Module, torch.Tensor]:
+    "A residual block of a ViT tower (default: the last) and its batch-first input tokens (N, L, W)."
+    name = name or vit_blocks(model)[-1]
     with Trace(model, [name], stop=True, retain_input=True) as tr: model.encode_image(x)
     block = find_layer(model, name)
     if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
@@ -137,10 +136,10 @@ def _qkv(block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     "(N, L, 3W) concatenated query, key and value tokens of `block`'s attention."
     return F.linear(block.ln_1(tokens), block.attn.in_proj_weight, block.attn.in_proj_bias)
 
-def maskclip_features(model, x: torch.Tensor) -> torch.Tensor:
-    "MaskCLIP's dense features (N, D, h, w) in the joint space: the last block's value path, output projection, ln_post and proj."
+def maskclip_features(model, x: torch.Tensor, block: str | None = None) -> torch.Tensor:
+    "MaskCLIP's dense features (N, D, h, w) in the joint space: a block's (default: the last) value path, output projection, ln_post and proj."
     visual = model.visual
-    block, tokens = _last_block_input(model, x)
+    block, tokens = _block_input(model, x, block)
     W = tokens.shape[-1]
     v = F.linear(block.ln_1(tokens), block.attn.in_proj_weight[2 * W:], block.attn.in_proj_bias[2 * W:])
     v = getattr(block, "ls_1", nn.Identity())(block.attn.out_proj(v))
@@ -148,9 +147,9 @@ def maskclip_features(model, x: torch.Tensor) -> torch.Tensor:
     if visual.proj is not None: v = v @ visual.proj
     return _tokens_to_grid(v, visual).float()
 
-def qkv_pca_maps(model, x: torch.Tensor, n_components: int = 32) -> torch.Tensor:
-    "The seed's ViT channels (N, n_components, h, w): per image, the principal components of the last block's patch q, k, v tokens."
-    block, tokens = _last_block_input(model, x)
+def qkv_pca_maps(model, x: torch.Tensor, n_components: int = 32, block: str | None = None) -> torch.Tensor:
+    "The seed's ViT channels (N, n_components, h, w): per image, the principal components of a block's (default: the last) patch q, k, v tokens."
+    block, tokens = _block_input(model, x, block)
     grid = _tokens_to_grid(_qkv(block, tokens).float(), model.visual)          # (N, 3W, h, w)
     n, c, h, w = grid.shape
     feats = grid.flatten(2).transpose(1, 2)                                      # (N, hw, 3W)
@@ -164,7 +163,7 @@ def channel_maps(model, x: torch.Tensor, source: str = "activations", layer: str
     one_of("source", source, SOURCES)
     if source == "activations": return _layer_maps(model, x, layer or default_layer(model))
     if clip_tower(model) != "vit": raise InputError(f"source {source!r} is for ViT towers; a CNN tower takes source='activations' with a layer")
-    return maskclip_features(model, x) if source == "maskclip" else qkv_pca_maps(model, x, n_components)
+    return maskclip_features(model, x, layer) if source == "maskclip" else qkv_pca_maps(model, x, n_components, layer)
 
 # %% ../../nbs/60_score_cam.ipynb #860fc9e0
 def _check_images(images) -> torch.Tensor:
@@ -243,7 +242,7 @@ def score_cam(model, images: torch.Tensor, queries, layer: str | None = None, so
     if bs < 1: raise InputError(f"batch_size={batch_size!r}; valid: an integer >= 1")
     T_all, qs = _targets(scorer, queries, len(images), templates)
     gradcam = weighting == "gradcam"
-    maps, scores_all, base_all, weights_all, kept_all, absent_all, n_fwd = [], [], [], [], [], [], 0
+    maps, scores_all, base_all, weights_all, kept_all, absent_all, n_fwd, e0 = [], [], [], [], [], [], 0, None
     t0 = time.perf_counter()
     starts = range(0, len(images), image_batch)
     with torch.inference_mode():
@@ -253,7 +252,8 @@ def score_cam(model, images: torch.Tensor, queries, layer: str | None = None, so
             if top_k is None: A, cand = channel_maps(clip, x, source, layer, n_components), None
             else: A, cand = _topk_channels(clip, x, T, layer, top_k)
             n, C = A.shape[:2]
-            base = (_encode(clip, torch.zeros_like(x[:1])) @ T.T)[0]                 # (n,) S_b
+            if e0 is None: e0 = _encode(clip, torch.zeros_like(x[:1]))                 # the baseline image, encoded once
+            base = (e0 @ T.T)[0]                                                         # (n,) S_b
             active = A.flatten(2).amax(-1) > A.flatten(2).amin(-1)                     # constant maps are never forwarded
             if cand is not None: active &= cand
             pairs = active.nonzero()
