@@ -44,6 +44,21 @@ METRIC_CHECKS = {
         and len(m["cka"]["cross"]["cls"]["matrix"]) == 3
         and all(abs(m["cka"]["within"][k]["cls"]["matrix"][i][i] - 1) < 1e-6 for k in m["models"] for i in range(6))
         and {r["task"] for r in m["best_layers"]} >= {"k-NN (CLS)", "purity (CLS)", "IoU (CLS)", "PCK@0.1"}),
+    # both towers train (loss falls), zero-shot accuracy is measured at each held-out diversity, the fp16 files fit
+    "62_train_object_clips": lambda m: set(m["towers"]) == {"resnet", "vit"} and all(
+        m[t]["loss_last"] < m[t]["loss_first"] and 0 < m[t]["checkpoint_mb"] <= 8
+        and set(m[t]["zero_shot"]) == {"0.0", "0.5", "1.0"} and all(0 <= a <= 1 for a in m[t]["zero_shot"].values())
+        for t in m["towers"]),
+    # the table has every tower x source x weighting x threshold with the baselines; the bar's three numbers are there
+    "61_clip_localization": lambda m: (
+        {(r["tower"], r["source"]) for r in m["rows"]} >= {("resnet", "activations"), ("vit", "maskclip"), ("vit", "qkv_pca"),
+                                                            ("baseline", "centred box"), ("baseline", "whole image")}
+        and any(r["weighting"] == "random weights" for r in m["rows"])
+        and all(0 <= r["gt_known_loc"] <= 1 for r in m["rows"])
+        and all(0 <= r[k] <= r["gt_known_loc"] for r in m["rows"] if "top1_loc" in r for k in ("top1_loc", "top5_loc"))
+        and all(0 <= m["quality_bar"][k] <= 1 for k in ("cnn_gt_known_loc", "vit_gt_known_loc", "center_box_gt_known_loc"))
+        and isinstance(m["quality_bar"]["passes"], bool) and m["aerial_rows"]
+        and all(r["status"] in ("ok", "unavailable") and (r["status"] == "ok" or r["reason"]) for r in m["real_rows"])),
     # every sparsity has the three APs, the gap and mining quality in range; the oracle (all annotations) is no worse
     # than the sparse baseline at AP50; the thresholds that depart from the thesis are recorded
     "52_sparse_aerial": lambda m: (m["sparsities"] and set(m["per_sparsity"]) == {f"{round(p * 100)}" for p in m["sparsities"]}
@@ -59,7 +74,7 @@ METRIC_CHECKS = {
         and all(v["status"] in ("ok", "unavailable") and (v["status"] == "ok" or v["reason"]) for v in m["real_datasets"].values())),
 }
 # Notebooks that train a model: re-run in the full profile where CUDA is present.
-TRAINING_NOTEBOOKS = ["26_train_aerial_gan", "27_train_aerial_clip", "43_train_object_vits"]
+TRAINING_NOTEBOOKS = ["26_train_aerial_gan", "27_train_aerial_clip", "43_train_object_vits", "62_train_object_clips"]
 
 
 @pytest.mark.parametrize("name", LIBRARY)

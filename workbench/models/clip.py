@@ -22,11 +22,12 @@ from .transforms import OPENAI_MEAN, OPENAI_STD, normalize, unit_float
 log = get_logger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MASK_FILL', 'AERIAL_PROMPT', 'PAPER_TAU', 'CLIP_VOCAB_SIZE', 'AERIAL_CLIP_CHECKPOINT', 'VIEW_CLASSES',
-           'THING_CLASSES', 'VIEW_PHRASES', 'image_config', 'preprocess_images', 'fill_color', 'mask_images',
-           'ClipScorer', 'small_clip', 'small_clip_config', 'view_caption', 'class_prompts', 'view_class_map',
-           'present_classes', 'blob_masks', 'patch_mask', 'view_mask', 'retrieval_accuracy', 'masked_view_set',
-           'masked_view_scores', 'calibrate_tau', 'masked_view_report', 'aerial_clip_checkpoint']
+__all__ = ['log', 'MASK_FILL', 'AERIAL_PROMPT', 'PAPER_TAU', 'CLIP_VOCAB_SIZE', 'AERIAL_CLIP_CHECKPOINT',
+           'OBJECT_CLIP_CHECKPOINTS', 'VIEW_CLASSES', 'THING_CLASSES', 'VIEW_PHRASES', 'image_config',
+           'preprocess_images', 'fill_color', 'mask_images', 'ClipScorer', 'small_clip', 'small_clip_config',
+           'object_clip_resnet', 'object_clip_vit', 'object_clip_checkpoint', 'view_caption', 'class_prompts',
+           'view_class_map', 'present_classes', 'blob_masks', 'patch_mask', 'view_mask', 'retrieval_accuracy',
+           'masked_view_set', 'masked_view_scores', 'calibrate_tau', 'masked_view_report', 'aerial_clip_checkpoint']
 
 # %% ../../nbs/23_clip.ipynb #3e7e13d2
 def image_config(model: nn.Module) -> dict:
@@ -203,12 +204,20 @@ AERIAL_CLIP_CHECKPOINT = "checkpoints/aerial_clip.safetensors"
                 preprocess=_small_clip_preprocess,
                 obtain=f"the repository commits trained weights as {AERIAL_CLIP_CHECKPOINT} (load_model('{AERIAL_CLIP_CHECKPOINT}')); "
                        "copy that file here, or retrain with the notebook 27_train_aerial_clip")
-def small_clip(image_size: int = 64, patch_size: int = 8, vision_width: int = 128, vision_layers: int = 4,
+def small_clip(image_size: int = 64, patch_size: int = 8, vision_width: int = 128, vision_layers: int | Sequence[int] = 4,
                vision_head_width: int = 32, text_width: int = 64, text_heads: int = 4, text_layers: int = 2,
                context_length: int = 32, embed_dim: int = 128, tau: float | None = None) -> nn.Module:
-    "A small open_clip CLIP (ViT image tower, transformer text tower over CLIP's BPE vocabulary); `tau`: calibrated consistency threshold."
+    """A small open_clip CLIP (transformer text tower over CLIP's BPE vocabulary); `tau`: calibrated consistency threshold.
+    An int `vision_layers` gives a ViT image tower (`patch_size`, width `vision_width`); four stage depths give open_clip's
+    ModifiedResNet (the CNN tower of CLIP RN50, stem width `vision_width`, stride 32: `image_size` a multiple of 32)."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, set_model_preprocess_cfg
-    if image_size % patch_size: raise InputError(f"small_clip: image_size {image_size} is not a multiple of patch_size {patch_size}")
+    resnet = isinstance(vision_layers, (tuple, list))
+    if resnet:
+        vision_layers = tuple(int(v) for v in vision_layers)
+        if len(vision_layers) != 4 or min(vision_layers) < 1:
+            raise InputError(f"small_clip: vision_layers {vision_layers}; valid: an int (ViT depth) or four stage depths >= 1 (ModifiedResNet)")
+        if image_size % 32: raise InputError(f"small_clip: image_size {image_size} is not a multiple of 32 (the ResNet tower's stride)")
+    elif image_size % patch_size: raise InputError(f"small_clip: image_size {image_size} is not a multiple of patch_size {patch_size}")
     model = CLIP(embed_dim,
                  CLIPVisionCfg(layers=vision_layers, width=vision_width, head_width=vision_head_width, patch_size=patch_size, image_size=image_size),
                  CLIPTextCfg(context_length=context_length, vocab_size=CLIP_VOCAB_SIZE, width=text_width, heads=text_heads, layers=text_layers))
@@ -218,13 +227,48 @@ def small_clip(image_size: int = 64, patch_size: int = 8, vision_width: int = 12
     return model
 
 # %% ../../nbs/23_clip.ipynb #1bc45526
-def small_clip_config(**overrides) -> dict:
-    "All architecture keyword arguments of `small_clip` (its defaults, then `overrides`): save them with a checkpoint so it never depends on defaults."
+def small_clip_config(builder=None, **overrides) -> dict:
+    """All architecture keyword arguments of `builder` (default `small_clip`; or `object_clip_resnet`, `object_clip_vit`):
+    its defaults, then `overrides`. Save them with a checkpoint so it never depends on defaults."""
     import inspect
-    cfg = {k: p.default for k, p in inspect.signature(small_clip).parameters.items() if k != "tau"}
+    builder = builder or small_clip
+    cfg = {k: p.default for k, p in inspect.signature(builder).parameters.items() if k != "tau"}
     unknown = set(overrides) - set(cfg)
-    if unknown: raise InputError(f"small_clip: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(cfg)}")
+    if unknown: raise InputError(f"{builder.__name__}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(cfg)}")
     return {**cfg, **overrides}
+
+# %% ../../nbs/23_clip.ipynb #2ce8ea92
+OBJECT_CLIP_CHECKPOINTS = {"resnet": "checkpoints/object_clip_resnet.safetensors", "vit": "checkpoints/object_clip_vit.safetensors"}
+
+def _object_obtain(tower: str) -> str:
+    path = OBJECT_CLIP_CHECKPOINTS[tower]
+    return (f"the repository commits trained weights as {path} (load_model('{path}')); copy that file here, or retrain with "
+            "the notebook 62_train_object_clips")
+
+@register_model("wb:object-clip-resnet", description="small CLIP (ModifiedResNet 128 px, open_clip) trained on the object world's images, captions and masked views",
+                preprocess=_small_clip_preprocess, obtain=_object_obtain("resnet"))
+def object_clip_resnet(image_size: int = 128, vision_layers: Sequence[int] = (1, 1, 1, 1), vision_width: int = 16,
+                       vision_head_width: int = 32, text_width: int = 48, text_heads: int = 4, text_layers: int = 2,
+                       context_length: int = 32, embed_dim: int = 128, tau: float | None = None) -> nn.Module:
+    "`small_clip` with a ModifiedResNet image tower at 128 px (layer4: 512 × 4 × 4), for the object world."
+    return small_clip(image_size=image_size, vision_layers=vision_layers, vision_width=vision_width, vision_head_width=vision_head_width,
+                      text_width=text_width, text_heads=text_heads, text_layers=text_layers, context_length=context_length,
+                      embed_dim=embed_dim, tau=tau)
+
+@register_model("wb:object-clip-vit", description="small CLIP (ViT 64 px, patch 8, open_clip) trained on the object world's images, captions and masked views",
+                preprocess=_small_clip_preprocess, obtain=_object_obtain("vit"))
+def object_clip_vit(image_size: int = 64, patch_size: int = 8, vision_width: int = 128, vision_layers: int = 4,
+                    vision_head_width: int = 32, text_width: int = 48, text_heads: int = 4, text_layers: int = 2,
+                    context_length: int = 32, embed_dim: int = 128, tau: float | None = None) -> nn.Module:
+    "`small_clip` with a ViT image tower at 64 px (an 8 × 8 token grid), for the object world."
+    return small_clip(image_size=image_size, patch_size=patch_size, vision_width=vision_width, vision_layers=vision_layers,
+                      vision_head_width=vision_head_width, text_width=text_width, text_heads=text_heads, text_layers=text_layers,
+                      context_length=context_length, embed_dim=embed_dim, tau=tau)
+
+def object_clip_checkpoint(tower: str) -> Path:
+    "The committed object-world CLIP of `tower` ('resnet' or 'vit'), in the project's `checkpoints/` (it may not exist)."
+    if tower not in OBJECT_CLIP_CHECKPOINTS: raise InputError(f"object CLIP tower {tower!r}; valid: {', '.join(OBJECT_CLIP_CHECKPOINTS)}")
+    return checkpoint_path(Path(OBJECT_CLIP_CHECKPOINTS[tower]).name)
 
 # %% ../../nbs/23_clip.ipynb #abbfb776
 VIEW_CLASSES = ("airplane", "car", "building", "road", "parking_lot", "tree", "grass", "tarmac", "sand", "snow")

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import InputError, get_device, get_logger, progress, torch_generator
-from ..models.clip import (THING_CLASSES, VIEW_CLASSES, VIEW_PHRASES, image_config, mask_images,
+from ..data.worlds import OBJECT_CATEGORIES, ObjectWorld
+from ..models.clip import (THING_CLASSES, VIEW_CLASSES, VIEW_PHRASES, blob_masks, image_config, mask_images,
                                    preprocess_images, present_classes, view_caption, view_class_map, view_mask)
 from ..models.transforms import dihedral, unit_float
 from .loop import TrainHistory, TrainResult, cosine_schedule, param_groups
@@ -21,7 +22,8 @@ from .loop import TrainHistory, TrainResult, cosine_schedule, param_groups
 log = get_logger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CLIP_NO_DECAY', 'AerialPairs', 'DedupClipLoss', 'train_clip']
+__all__ = ['log', 'OBJECT_PREFIXES', 'BACKGROUND_PHRASES', 'OBJECT_VIEW_KINDS', 'BLANK_CAPTION', 'CLIP_NO_DECAY', 'AerialPairs',
+           'object_view_caption', 'ObjectPairs', 'DedupClipLoss', 'train_clip']
 
 # %% ../../nbs/28b_train_clip.ipynb #8ec47ac4
 class AerialPairs:
@@ -62,6 +64,88 @@ class AerialPairs:
             out.append(img); caps.append(cap); kinds.append(cls)
         return torch.stack(out), caps, kinds
 
+# %% ../../nbs/28b_train_clip.ipynb #e266ce02
+OBJECT_PREFIXES = ("a photo of", "an image of", "a picture of")
+BACKGROUND_PHRASES = {"smooth": "a plain background", "mottled": "a mottled background", "stripes": "a striped background",
+                      "checker": "a checkered background", "horizon": "a landscape", "confetti": "a cluttered background"}
+OBJECT_VIEW_KINDS = ("object", "distractor", "background", "blank")
+BLANK_CAPTION = "a blank image"
+
+def _article(noun: str) -> str: return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+def object_view_caption(kind: str, name: str, prefix: str = OBJECT_PREFIXES[0]) -> str:
+    "The caption of a masked view: `name` is a category for 'object' / 'distractor' views, a background style for 'background'."
+    if kind == "blank": return BLANK_CAPTION
+    if kind == "background": return f"{prefix} {BACKGROUND_PHRASES[name]}"
+    return f"{prefix} {_article(name)}"
+
+class ObjectPairs:
+    "A rendered pool of object-world samples (images, instance maps, captions) from which (image, caption) batches and soft masked views are drawn."
+    def __init__(self, worlds, n: int, start: int = 0, show_progress: bool = True):
+        worlds = [worlds] if isinstance(worlds, ObjectWorld) else list(worlds)
+        if n < 1 or not worlds: raise InputError(f"ObjectPairs: n={n} with {len(worlds)} world(s); valid: at least 1 sample and 1 world")
+        for w in worlds:
+            if not isinstance(w, ObjectWorld): raise InputError(f"ObjectPairs: {type(w).__name__}; valid: ObjectWorld instances")
+        imgs, ids, self.labels, self.distractor, self.captions, self.categories, self.backgrounds = [], [], [], [], [], [], []
+        for j in progress(range(n), desc="render object pool", total=n, disable=not show_progress):
+            s = worlds[j % len(worlds)][start + j // len(worlds)]
+            imap = torch.zeros(s.size, dtype=torch.uint8)
+            if s.masks is not None:
+                for k, m in enumerate(s.masks): imap[m] = k + 1
+            imgs.append(s.image); ids.append(imap); self.labels.append(s.labels.tolist())
+            self.distractor.append(list(s.meta["is_distractor"])); self.captions.append(s.meta["caption"])
+            self.categories.append(s.meta["category"]); self.backgrounds.append(s.meta["background"])
+        self.images, self.instance_maps = torch.stack(imgs), torch.stack(ids)
+        self._weights = torch.tensor([2.0, 1.0, 1.0, 0.5])
+    def __len__(self): return len(self.captions)
+    def view_kinds(self, i: int) -> torch.Tensor:
+        "Which view kinds (object, distractor, background, blank) pool image `i` has: (4,) bool."
+        return torch.tensor([not all(self.distractor[i]), any(self.distractor[i]), bool((self.instance_maps[i] == 0).any()), True])
+    def masked_view(self, i: int, kind: str, generator: torch.Generator, prefix: str = OBJECT_PREFIXES[0]):
+        "A soft masked view (3, H, W) in [0, 1] of pool image `i` of `kind`, its mask weights (H, W) in [0, 1], and its caption."
+        if kind not in OBJECT_VIEW_KINDS: raise InputError(f"view kind {kind!r}; valid: {', '.join(OBJECT_VIEW_KINDS)}")
+        imap, flags = self.instance_maps[i], self.distractor[i]
+        rnd = lambda n: int(torch.randint(n, (1,), generator=generator))
+        if kind == "blank":
+            w = torch.full(imap.shape, 0.15 * float(torch.rand((), generator=generator)))
+            return mask_images(self.images[i][None], w[None])[0], w, BLANK_CAPTION
+        if kind == "background":
+            own, name = imap == 0, self.backgrounds[i]
+        else:
+            ks = [k for k, f in enumerate(flags) if f == (kind == "distractor")]
+            if not ks: raise InputError(f"pool image {i} has no {kind} instance")
+            if kind == "distractor" or len(ks) == 1 or float(torch.rand((), generator=generator)) < 0.5: ks = [ks[rnd(len(ks))]]
+            own = torch.isin(imap, torch.tensor([k + 1 for k in ks], dtype=torch.uint8))
+            name = OBJECT_CATEGORIES[self.labels[i][ks[0]]]
+        blob = blob_masks(own[None], generator, grids=(4, 8, 16, 0))[0]
+        others = (imap > 0) & ~own
+        if kind != "background" and others.any():
+            blob &= ~blob_masks(others[None], generator, grids=(8, 16), threshold=(0.05, 0.2), min_dilation=1)[0]
+            blob |= own
+        elif kind == "background": blob &= own
+        w = blob[None, None].float()
+        k = (1, 3, 5, 9, 15)[rnd(5)]
+        if k > 1: w = F.avg_pool2d(w, k, stride=1, padding=k // 2, count_include_pad=False)
+        w = w[0, 0]
+        return mask_images(self.images[i][None], w[None])[0], w, object_view_caption(kind, name, prefix)
+    def batch(self, batch_size: int, generator: torch.Generator, masked_fraction: float = 0.5, augment: bool = True):
+        "A training batch: images (B, 3, H, W) in [0, 1], captions, and the view kind of each item ('' for whole images)."
+        idx = torch.randint(len(self), (batch_size,), generator=generator).tolist()
+        want_mask = (torch.rand(batch_size, generator=generator) < masked_fraction).tolist()
+        out, caps, kinds = [], [], []
+        for i, wm in zip(idx, want_mask):
+            prefix = OBJECT_PREFIXES[int(torch.randint(len(OBJECT_PREFIXES), (1,), generator=generator))]
+            has = self.view_kinds(i)
+            if wm and has.any():
+                kind = OBJECT_VIEW_KINDS[int(torch.multinomial(self._weights * has, 1, generator=generator))]
+                img, _, cap = self.masked_view(i, kind, generator, prefix)
+            else:
+                img, kind = unit_float(self.images[i]), ""
+                cap = prefix + self.captions[i][len(OBJECT_PREFIXES[0]):] if self.captions[i].startswith(OBJECT_PREFIXES[0]) else self.captions[i]
+            if augment and float(torch.rand((), generator=generator)) < 0.5: img = img.flip(-1)
+            out.append(img); caps.append(cap); kinds.append(kind)
+        return torch.stack(out), caps, kinds
+
 # %% ../../nbs/28b_train_clip.ipynb #39b0fbf2
 CLIP_NO_DECAY = ("positional_embedding", "class_embedding", "logit_scale")   # besides every gain and bias
 
@@ -85,12 +169,15 @@ class DedupClipLoss(nn.Module):
 def train_clip(model: nn.Module, world, steps: int, batch_size: int = 64, lr: float = 1e-3, masked_fraction: float = 0.5,
                seed: int = 0, device=None, pool_size: int = 4096, weight_decay: float = 0.1, warmup: int | None = None,
                grad_clip: float = 1.0, tokenizer=None, callback=None, callback_every: int = 0) -> TrainResult:
-    """Train an open_clip CLIP on an aerial world (or an `AerialPairs` pool) with `DedupClipLoss`, AdamW and a cosine schedule.
+    """Train an open_clip CLIP on an aerial world, an object world, or a pool (`AerialPairs`, `ObjectPairs`, anything with
+    `batch(batch_size, generator, masked_fraction)`) with `DedupClipLoss`, AdamW and a cosine schedule.
     The history logs `step`, `loss`, `lr`, `logit_scale`, `masked_fraction` and `seconds` at every step. `callback(step, model)`
     runs every `callback_every` steps (e.g. an evaluation); the model is left in eval mode."""
     if steps < 1 or batch_size < 2: raise InputError(f"train_clip: steps={steps}, batch_size={batch_size}; valid: steps >= 1, batch_size >= 2")
     if not 0 <= masked_fraction <= 1: raise InputError(f"train_clip: masked_fraction={masked_fraction}; valid: a fraction in [0, 1]")
-    pairs = world if isinstance(world, AerialPairs) else AerialPairs(world, pool_size)
+    if callable(getattr(world, "batch", None)): pairs = world
+    elif isinstance(world, ObjectWorld): pairs = ObjectPairs(world, pool_size)
+    else: pairs = AerialPairs(world, pool_size)
     device = get_device(device)
     if tokenizer is None:
         from open_clip.tokenizer import SimpleTokenizer
