@@ -70,8 +70,11 @@ def overlay_grid(images: torch.Tensor, masks: torch.Tensor | None = None, titles
     return fig
 
 def saliency_grid(maps: SaliencyMaps, images: torch.Tensor, rule: str | None = "max", value=0.5, boxes: bool = True,
-                  ncols: int = 8, cmap: str = "inferno", titles=None, largest_only: bool = False):
-    "Each image (N, 3, H, W) with its saliency map upsampled over it (one map per image: `select(k)` first), and the mask outline and boxes (every component's, or the largest's) of `rule` at `value` (rule None: the heatmap only)."
+                  ncols: int = 8, cmap: str = "inferno", titles=None, largest_only: bool = False, min_area: int = 1,
+                  gt_boxes: Sequence | None = None):
+    """Each image (N, 3, H, W) with its saliency map upsampled over it (one map per image: `select(k)` first), and the mask
+    outline and boxes (every component's of at least `min_area` pixels, or the largest's) of `rule` at `value` (rule None:
+    the heatmap only); `gt_boxes` (per image (G, 4) xyxy, or None) are drawn dashed in green."""
     import matplotlib.pyplot as plt
     if maps.maps.ndim != 3: raise InputError("saliency_grid: one map per image is needed; pick one with SaliencyMaps.select(k)")
     if len(images) != len(maps): raise InputError(f"saliency_grid: {len(images)} images for {len(maps)} maps")
@@ -87,7 +90,9 @@ def saliency_grid(maps: SaliencyMaps, images: torch.Tensor, rule: str | None = "
             m = masks[i].float().numpy()
             if m.any() and m.min() < 1: ax.contour(m, levels=[0.5], colors=["cyan"], linewidths=0.8)
             if boxes:
-                for b in mask_boxes(masks[i], largest_only=largest_only): draw_box(ax, b, "yellow", lw=1.0)
+                for b in mask_boxes(masks[i], min_area, largest_only=largest_only): draw_box(ax, b, "yellow", lw=1.0)
+        if gt_boxes is not None and gt_boxes[i] is not None:
+            for b in torch.as_tensor(gt_boxes[i]).reshape(-1, 4): draw_box(ax, b, "lime", style="--", lw=1.0)
         if titles: ax.set_title(titles[i], fontsize=7)
     what = f"{maps.method}" + (f" · {maps.target}" if maps.target else "") + (f" · {maps.layer}" if maps.layer else "")
     fig.suptitle(what + (f" — {rule} {value}" if rule else ""), fontsize=8)

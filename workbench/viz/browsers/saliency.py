@@ -13,7 +13,7 @@ import torch
 
 from ...core import InputError
 from ...eval.localization import best_box_iou
-from ...eval.maps import MASK_RULES, SaliencyMaps
+from ...eval.maps import MASK_RULES, SaliencyMaps, resize_maps
 from ...eval.saliency import iou_per_image
 from .base import Browser, info_table
 from .vit import as_images
@@ -48,10 +48,12 @@ class SaliencyBrowser(Browser):
         self.rule = W.ToggleButtons(options=MASK_RULES, value="max")
         self.value = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="value", continuous_update=False, readout_format=".2f")
         self.largest = W.Checkbox(value=True, description="largest box only")
+        self.compare = W.SelectMultiple(options=names, value=(), description="side by side", rows=min(4, len(names)))
         self.image, self.info, self.out = W.Image(format="png"), W.HTML(), W.Output()
-        for w in (self.method, self.index, self.k, self.rule, self.value, self.largest): w.observe(lambda _: self.render(), "value")
+        for w in (self.method, self.index, self.k, self.rule, self.value, self.largest, self.compare):
+            w.observe(lambda _: self.render(), "value")
         self.root = W.VBox([W.HBox([self.method, self.index, self.k]), W.HBox([self.rule, self.value, self.largest]),
-                            W.HBox([self.image, self.info]), self.out])
+                            W.HBox([self.image, W.VBox([self.compare, self.info])]), self.out])
         self.render()
 
     def current_maps(self) -> SaliencyMaps:
@@ -76,11 +78,28 @@ class SaliencyBrowser(Browser):
         self._cache = {key: out}
         return out
 
+    def compared(self) -> dict[str, torch.Tensor]:
+        "name → the current image's map (h, w) of each result chosen side by side (none chosen: empty)."
+        out = {}
+        for name in self.compare.value:
+            m = self.maps[name].maps[self.index.value]
+            out[name] = m if m.ndim == 2 else m[min(self.k.value, m.shape[0] - 1)]
+        return out
+
     def figure(self):
-        "The matplotlib figure of the current image (the caller closes it)."
+        "The matplotlib figure of the current image, or of the results chosen side by side (the caller closes it)."
         i, sm = self.index.value, self.current_maps()
-        return saliency_grid(sm[i], self.images[i][None], self.rule.value, self.value.value, boxes=True, ncols=1,
-                             largest_only=self.largest.value)
+        gt = [self.gt_boxes[i]] if self.gt_boxes is not None else None
+        side = self.compared()
+        if len(side) < 2:
+            return saliency_grid(sm[i], self.images[i][None], self.rule.value, self.value.value, boxes=True, ncols=1,
+                                 largest_only=self.largest.value, gt_boxes=gt)
+        size = tuple(self.images[i].shape[-2:])
+        up = torch.stack([resize_maps(m[None].float(), size)[0] for m in side.values()])
+        both = SaliencyMaps(up, size, method="side by side", target=None, layer=None)
+        return saliency_grid(both, self.images[i][None].expand(len(side), -1, -1, -1), self.rule.value, self.value.value,
+                             ncols=len(side), titles=list(side), largest_only=self.largest.value,
+                             gt_boxes=gt * len(side) if gt else None)
 
     def describe(self) -> str:
         "The info panel's HTML for the current state."
@@ -94,4 +113,11 @@ class SaliencyBrowser(Browser):
             rows.append(("best box IoU", f"{s['box_iou'][i]:.3f} ({'found' if s['hit'][i] else 'missed'} at IoU ≥ {self.iou:g})"))
             what = "GT-known Loc" if self.rule.value == "max" else "localized"
             rows.append((what, f"{s['hit'].float().mean():.3f} <small>of {len(self.images)} images</small>"))
+        size = tuple(self.images[i].shape[-2:])
+        for name, m in self.compared().items():          # this image's numbers for each result side by side
+            mask = SaliencyMaps(m[None].float(), size).masks(self.rule.value, self.value.value, size=size)
+            cell = f"area {mask.float().mean():.3f}"
+            if self.gt_masks is not None: cell += f" · mask IoU {iou_per_image(mask, self.gt_masks[i][None])[0]:.3f}"
+            if self.gt_boxes is not None: cell += f" · box IoU {best_box_iou(mask, [self.gt_boxes[i]], self.largest.value)[0]:.3f}"
+            rows.append((html.escape(name, quote=False), cell))
         return info_table(rows)
