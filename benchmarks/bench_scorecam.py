@@ -12,13 +12,15 @@ Rows per model:
   with the same weighting.
 
 Models: `tiny-rn` (an open_clip CLIP with a small ModifiedResNet tower at 128 px, random weights, layer4 = 512 × 4 × 4),
-`aerial` (the committed `checkpoints/aerial_clip.safetensors`, ViT tower, last block's tokens on the 8 × 8 grid) and
+`aerial` (the committed `checkpoints/aerial_clip.safetensors`, ViT tower, last block's tokens on the 8 × 8 grid),
+`object-rn` / `object-vit` (the committed object-world CLIPs of nb 62: ModifiedResNet at 128 px, layer4 = 512 × 4 × 4;
+ViT at 64 px, last block's tokens on the 8 × 8 grid) and
 `rn50` (open_clip RN50 at 224 px with random weights, layer4 = 2048 × 7 × 7; slow on a CPU, few images).
 
 Goals (issue 13): at equal maps >= 2x faster than grad-cam on CPU and within 1.3x of the limit; top-k >= 5x faster at
 r >= 0.95; on a GPU >= 5x at equal maps.
 
-Usage: python benchmarks/bench_scorecam.py [--models tiny-rn,aerial,rn50] [--n 4] [--rn50-n 1] [--threads 2] [--device cpu] [--out bench_scorecam.json]
+Usage: python benchmarks/bench_scorecam.py [--models tiny-rn,aerial,object-rn,object-vit,rn50] [--n 4] [--rn50-n 1] [--threads 2] [--device cpu] [--out bench_scorecam.json]
 """
 from __future__ import annotations
 
@@ -55,11 +57,16 @@ def build(name: str, device):
         from workbench.models.registry import load_model
         lm = load_model(ROOT / "checkpoints" / "aerial_clip.safetensors", device=device)
         return lm, default_layer(lm.model), 64
+    if name in ("object-rn", "object-vit"):
+        from workbench.models.clip import object_clip_checkpoint
+        from workbench.models.registry import load_model
+        lm = load_model(object_clip_checkpoint("resnet" if name == "object-rn" else "vit"), device=device)
+        return lm, default_layer(lm.model), 128 if name == "object-rn" else 64
     if name == "rn50":
         with seeded(0):
             m = open_clip.create_model("RN50", pretrained=None)
         return m.eval().to(device), "visual.layer4", 224
-    raise SystemExit(f"--models: unknown model {name!r}; valid: tiny-rn, aerial, rn50")
+    raise SystemExit(f"--models: unknown model {name!r}; valid: tiny-rn, aerial, object-rn, object-vit, rn50")
 
 
 class ImageEmbedding(nn.Module):
@@ -122,7 +129,7 @@ def bench_model(name, args, device):
     clip = sc.model
     n = args.rn50_n if name == "rn50" else args.n
     imgs = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    query = "airplanes" if name == "aerial" else "a dog"
+    query = {"aerial": "airplanes", "object-rn": "tree", "object-vit": "tree"}.get(name, "a dog")
     x = sc.preprocess(imgs)
     text = query_embedding(sc, [query])[0].expand(n, -1)
     with torch.inference_mode(): C = channel_maps(clip, x, "activations", layer).shape[1]
@@ -152,7 +159,7 @@ def bench_model(name, args, device):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="tiny-rn,aerial,rn50")
+    ap.add_argument("--models", default="tiny-rn,aerial,object-rn,object-vit,rn50")
     ap.add_argument("--n", type=int, default=4, help="images per small model")
     ap.add_argument("--rn50-n", type=int, default=1, help="images for RN50 (about a minute each per method on 2 CPU cores)")
     ap.add_argument("--batch", type=int, default=None, help="our masked images per encoder call (default: score_cam's)")
