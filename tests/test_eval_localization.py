@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from workbench.core import InputError
 from workbench.eval import localization
-from workbench.eval.localization import best_box_iou, cam_boxes, gt_known_loc, localization_hits, max_box_acc
+from workbench.eval.localization import best_box_iou, cam_boxes, gt_known_loc, localization_hits, localization_hits_at, max_box_acc
 from workbench.eval.maps import SaliencyMaps, normalize_maps
 
 
@@ -160,6 +160,21 @@ def test_best_box_iou_agrees_with_localization_hits():
     for t in (0.1, 0.5, 0.9):
         masks = SaliencyMaps(maps, maps.shape[-2:]).masks("max", t)  # the 'max' rule cuts what cam_boxes cuts
         assert (best_box_iou(masks, gts) >= 0.5).tolist() == localization_hits(maps, gts, t).tolist()
+
+
+def test_localization_hits_at_matches_one_threshold_at_a_time():
+    g = torch.Generator().manual_seed(0)
+    maps = SaliencyMaps(torch.rand(12, 4, 4, generator=g), (16, 16))
+    gts = [torch.tensor([[2.0, 2.0, 9.0, 10.0]]), torch.zeros(0, 4)] * 6
+    ths = [0.2, 0.45, 0.7]
+    for largest in (True, False):
+        grid = localization_hits_at(maps, gts, ths, largest_only=largest, min_area=3)
+        assert grid.shape == (3, 12) and grid.dtype == torch.bool
+        for row, t in zip(grid, ths):
+            assert row.tolist() == localization_hits(maps, gts, t, largest_only=largest, min_area=3).tolist()
+        assert not grid[:, 1::2].any()                       # no GT box: never a hit
+    with pytest.raises(InputError, match="thresholds"):
+        localization_hits_at(maps, gts, [])
 
 
 def test_upsampled_object_3x3_to_6x6():

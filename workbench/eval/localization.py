@@ -16,7 +16,7 @@ from ..data.samples import mask_boxes
 from .maps import normalize_maps
 
 # %% auto #0
-__all__ = ['cam_boxes', 'best_box_iou', 'localization_hits', 'gt_known_loc', 'max_box_acc']
+__all__ = ['cam_boxes', 'best_box_iou', 'localization_hits', 'localization_hits_at', 'gt_known_loc', 'max_box_acc']
 
 # %% ../../nbs/29b_localization.ipynb #a6076d97
 def _maps(maps, name: str = "maps") -> torch.Tensor:
@@ -102,6 +102,12 @@ def localization_hits(maps, gt_boxes, threshold: float, iou: float = 0.5, larges
     threshold, iou, min_area = fraction("threshold", threshold), fraction("iou", iou, low_open=True), _min_area(min_area)
     norm, gts = _inputs(maps, gt_boxes)
     return _best_ious(norm, gts, threshold, largest_only, min_area) >= iou
+
+def localization_hits_at(maps, gt_boxes, thresholds, iou: float = 0.5, largest_only: bool = True, min_area: int = 1) -> torch.Tensor:
+    "(T, N) bool: `localization_hits` at each of `thresholds`, the maps checked, upsampled and normalised once (a table over thresholds costs one pass, not T)."
+    thresholds, iou, min_area = _fractions("thresholds", thresholds), fraction("iou", iou, low_open=True), _min_area(min_area)
+    norm, gts = _inputs(maps, gt_boxes)
+    return torch.stack([_best_ious(norm, gts, t, largest_only, min_area) >= iou for t in thresholds])
 
 def gt_known_loc(maps, gt_boxes, threshold: float, iou: float = 0.5, largest_only: bool = True, min_area: int = 1) -> float:
     "GT-known localization accuracy: the fraction of images counted by `localization_hits`."
