@@ -58,6 +58,9 @@ METRIC_CHECKS = {
         and all(0 <= r[k] <= r["gt_known_loc"] for r in m["rows"] if "top1_loc" in r for k in ("top1_loc", "top5_loc"))
         and all(0 <= m["quality_bar"][k] <= 1 for k in ("cnn_gt_known_loc", "vit_gt_known_loc", "center_box_gt_known_loc"))
         and isinstance(m["quality_bar"]["passes"], bool) and m["aerial_rows"]
+        and m["quality_bar"]["n_test"] == m["n_test"][str(m["quality_bar"]["diversity"])] > 0
+        and (lambda c: c[0] <= c[1])(m["quality_bar"]["cnn_minus_center_points_ci95"])
+        and all(r["max_box_acc"] is None or 0 <= r["max_box_acc"] <= 1 for r in m["rows"] if r["tower"] != "baseline")
         and all(r["status"] in ("ok", "unavailable") and (r["status"] == "ok" or r["reason"]) for r in m["real_rows"])),
     # every sparsity has the three APs, the gap and mining quality in range; the oracle (all annotations) is no worse
     # than the sparse baseline at AP50; the thresholds that depart from the thesis are recorded

@@ -1,0 +1,54 @@
+"""Co-localization GANs: variants, checkpoints of spectral-norm discriminators, the CAM against the score, the training loop's determinism."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.core import InputError, torch_generator
+from workbench.methods.colocalization import cam_stability_stop, discriminator_cam, generate, ms_ssim_diversity
+from workbench.models.coloc import GAN_VARIANTS, CoLocDiscriminator, gan_variant
+from workbench.models.registry import load_model, save_checkpoint
+from workbench.train.coloc import train_coloc_gan
+
+
+@pytest.mark.parametrize("name", list(GAN_VARIANTS))
+def test_discriminator_checkpoint_round_trip_keeps_the_cam(tmp_path, name):
+    v = gan_variant(name)
+    _, D = v.build(32, width=4)
+    with torch.no_grad():                                   # a few forwards in train mode move BN statistics and SN's u, v
+        for _ in range(3): D.train()(torch.rand(4, 3, 32, 32) * 2 - 1)
+    D.eval()
+    path = save_checkpoint(D, tmp_path / "d.safetensors", "wb:coloc-discriminator", **v.discriminator_kwargs(32, 4))
+    D2 = load_model(path, device="cpu").model
+    assert isinstance(D2, CoLocDiscriminator) and (D2.norm, D2.spectral) == (v.norm, v.spectral)
+    imgs = (torch.rand(3, 3, 32, 32, generator=torch_generator(0)) * 255).byte()
+    a, b = discriminator_cam(D, imgs), discriminator_cam(D2, imgs)
+    torch.testing.assert_close(a.maps, b.maps)
+    # the CAM's mean plus the bias is the discriminator's score (GAP + linear)
+    torch.testing.assert_close(a.maps.mean(dim=(1, 2)) + D.fc.bias.detach(), torch.tensor(a.meta["score"]), rtol=1e-4, atol=1e-5)
+
+
+def test_training_is_deterministic_and_scores_along_the_way():
+    imgs = (torch.rand(24, 3, 32, 32, generator=torch_generator(1)) * 255).byte()
+    maps, steps = [], []
+    def score(step, G, D):
+        steps.append(step); maps.append(discriminator_cam(D, imgs[:6]))
+    r1 = train_coloc_gan("SN-DCGAN", imgs, steps=6, width=4, batch_size=8, seed=3, eval_every=2, callback=score, show_progress=False)
+    r2 = train_coloc_gan("SN-DCGAN", imgs, steps=6, width=4, batch_size=8, seed=3, show_progress=False)
+    assert steps == [2, 4, 6]
+    torch.testing.assert_close(generate(r1.model, 4, seed=0).float(), generate(r2.model, 4, seed=0).float(), atol=0, rtol=0)
+    stop = cam_stability_stop(steps, maps)
+    assert stop["step"] in (4, 6) and stop["stability"][0] is None
+    assert 0 <= ms_ssim_diversity(generate(r1.model, 8), n_pairs=10) <= 1
+
+
+def test_bad_inputs_name_what_is_valid():
+    imgs = (torch.rand(4, 3, 32, 32) * 255).byte()
+    with pytest.raises(InputError, match="valid: DCGAN, SN-DCGAN"):
+        train_coloc_gan("LSGAN", imgs, 2)
+    with pytest.raises(InputError, match="augment="):
+        train_coloc_gan("DCGAN", imgs, 2, batch_size=2, augment="False")      # a string is not a boolean
+    with pytest.raises(InputError, match="norm="):
+        CoLocDiscriminator(32, norm="spectral")
+    with pytest.raises(InputError, match="the network takes 32 x 32"):
+        discriminator_cam(CoLocDiscriminator(32, width=4), (torch.rand(2, 3, 64, 64) * 255).byte())
