@@ -5,29 +5,20 @@
 # %% ../../nbs/63_colocalization.ipynb #314d2d2d
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 from torch import nn
 
 from ..core import InputError, torch_generator
-from ..eval.maps import SaliencyMaps, normalize_maps
+from ..eval.maps import SaliencyMaps
+from ..models.generators import eval_mode, to_uint8
 from ..models.hooks import Trace, find_layer
+from ..models.transforms import uint8_images
 
 # %% auto #0
 __all__ = ['MS_SSIM_BETAS', 'discriminator_cam', 'classifier_cam', 'generate', 'ms_ssim_diversity', 'off_target_share',
            'map_agreement', 'cam_stability_stop']
 
 # %% ../../nbs/63_colocalization.ipynb #e312b044
-def _images(images, resolution: int | None, name: str = "images") -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise InputError(f"{name}: expected a uint8 tensor (N, 3, H, W), got {getattr(images, 'dtype', type(images).__name__)} "
-                         f"{tuple(getattr(images, 'shape', ()))}")
-    if resolution is not None and tuple(images.shape[-2:]) != (resolution, resolution):
-        raise InputError(f"{name}: {tuple(images.shape[-2:])} px; the network takes {resolution} x {resolution} (resize first)")
-    return images
-
 def _linear(model: nn.Module, linear: str) -> nn.Linear:
     m = find_layer(model, linear)
     if not isinstance(m, nn.Linear): raise InputError(f"linear={linear!r} is a {type(m).__name__}; valid: the nn.Linear after the pooling")
@@ -53,16 +44,16 @@ def _cam(model: nn.Module, images: torch.Tensor, layer: str, linear: str, rows, 
 
 def discriminator_cam(D: nn.Module, images: torch.Tensor, layer: str = "features", linear: str = "fc", batch_size: int = 256) -> SaliencyMaps:
     "The CAM of a discriminator ending in global average pooling + one linear unit, for uint8 `images` (N, 3, H, W) at its resolution; meta `score`: D's output."
-    images = _images(images, getattr(D, "resolution", None))
-    if _linear(D, linear).out_features != 1:
-        raise InputError(f"linear={linear!r} has {_linear(D, linear).out_features} outputs; a discriminator's CAM needs one (use classifier_cam)")
+    images = uint8_images(images, resolution=getattr(D, "resolution", None))
+    n_out = _linear(D, linear).out_features
+    if n_out != 1: raise InputError(f"linear={linear!r} has {n_out} outputs; a discriminator's CAM needs one (use classifier_cam)")
     maps, score = _cam(D, images, layer, linear, None, batch_size)
     return SaliencyMaps(maps, tuple(images.shape[-2:]), method="discriminator_cam", target="real", layer=layer,
                         meta=dict(score=score.reshape(-1).tolist()))
 
 def classifier_cam(net: nn.Module, images: torch.Tensor, labels, layer: str = "features", linear: str = "fc", batch_size: int = 256) -> SaliencyMaps:
     "The CAM of class `labels[i]` (GT-known) of a GAP + linear classifier for uint8 `images`; meta `predicted`: the top-1 class."
-    images = _images(images, None)
+    images = uint8_images(images)
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     n_cls = _linear(net, linear).out_features
     if len(labels) != len(images) or (labels < 0).any() or (labels >= n_cls).any():
@@ -76,20 +67,20 @@ def classifier_cam(net: nn.Module, images: torch.Tensor, labels, layer: str = "f
 MS_SSIM_BETAS = tuple(b / (0.0448 + 0.2856 + 0.3001) for b in (0.0448, 0.2856, 0.3001))
 
 def generate(G: nn.Module, n: int, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
-    "n uint8 images (n, 3, R, R) from generator `G` (eval mode; latents from `G.sample_z` seeded by `seed`)."
+    "n uint8 images (n, 3, R, R) from generator `G` (in eval mode; latents from `G.sample_z` seeded by `seed`; `to_uint8`'s rounding)."
     gen = torch_generator(seed)
     dev = next(G.parameters()).device
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(G):
         for s in range(0, n, batch_size):
             z = G.sample_z(min(batch_size, n - s), generator=gen, device=dev)
-            out.append(((G(z).float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu())
+            out.append(to_uint8(G(z).float()).cpu())
     return torch.cat(out) if out else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
 
 def ms_ssim_diversity(images: torch.Tensor, n_pairs: int = 500, seed: int = 0) -> float:
     "Mean MS-SSIM (torchmetrics; 3 scales) over `n_pairs` random pairs of distinct images from uint8 `images` (N >= 2): higher = less diverse."
     from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
-    images = _images(images, None)
+    images = uint8_images(images)
     if len(images) < 2: raise InputError(f"images: {len(images)} given; MS-SSIM diversity needs at least 2")
     H = min(images.shape[-2:])
     k = 11 if H >= 64 else 7 if H >= 32 else 3
@@ -103,7 +94,7 @@ def ms_ssim_diversity(images: torch.Tensor, n_pairs: int = 500, seed: int = 0) -
 
 def off_target_share(images: torch.Tensor, classifier: nn.Module, target: int, batch_size: int = 256) -> float:
     "The share of uint8 `images` that `classifier` (images in [-1, 1] → logits) assigns to a class other than `target`."
-    images = _images(images, None)
+    images = uint8_images(images)
     dev = next(classifier.parameters()).device
     with torch.no_grad():
         pred = torch.cat([classifier(images[s:s + batch_size].to(dev).float() / 127.5 - 1).argmax(1).cpu()
@@ -113,7 +104,7 @@ def off_target_share(images: torch.Tensor, classifier: nn.Module, target: int, b
 # %% ../../nbs/63_colocalization.ipynb #893c6757
 def map_agreement(a, b) -> float:
     "Mean per-image Pearson correlation of two sets of maps of the same images (SaliencyMaps or (N, h, w)); constant maps count 0."
-    ma, mb = (normalize_maps(m.maps if isinstance(m, SaliencyMaps) else torch.as_tensor(m)).flatten(1).double() for m in (a, b))
+    ma, mb = ((m.maps if isinstance(m, SaliencyMaps) else torch.as_tensor(m)).flatten(1).double() for m in (a, b))
     if ma.shape != mb.shape: raise InputError(f"maps: {tuple(ma.shape)} and {tuple(mb.shape)}; expected the same images at the same size")
     ma, mb = ma - ma.mean(1, keepdim=True), mb - mb.mean(1, keepdim=True)
     den = ma.norm(dim=1) * mb.norm(dim=1)

@@ -67,10 +67,6 @@ class CoLocDiscriminator(nn.Module):
     def forward(self, img):
         return self.fc(self.features(img).mean(dim=(2, 3))).squeeze(1)
 
-    def cam_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        "The linear unit's weight per last-conv channel (C,) and its bias (spectral norm applied, as in the forward pass)."
-        return self.fc.weight[0], self.fc.bias[0]
-
 register_model("wb:coloc-generator", description="co-localization GAN generator, DCGAN-style (nbs/24b_coloc; trained with workbench.train.coloc)")(CoLocGenerator)
 register_model("wb:coloc-discriminator", description="co-localization GAN discriminator, GAP + linear (nbs/24b_coloc)")(CoLocDiscriminator)
 

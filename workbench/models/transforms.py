@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from ..core import InputError
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'OPENAI_MEAN', 'OPENAI_STD', 'GRAY_WEIGHTS', 'unit_float', 'grayscale', 'normalize',
-           'prepare_images', 'prepare_masks', 'dihedral', 'flip_first']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'OPENAI_MEAN', 'OPENAI_STD', 'GRAY_WEIGHTS', 'unit_float', 'uint8_images',
+           'grayscale', 'normalize', 'prepare_images', 'prepare_masks', 'dihedral', 'flip_first']
 
 # %% ../../nbs/20a_transforms.ipynb #269effd0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,6 +24,15 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 def unit_float(images: torch.Tensor) -> torch.Tensor:
     "Images as float in [0, 1]: uint8 is divided by 255, floats pass through (as float32); any shape."
     return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+def uint8_images(images, name: str = "images", resolution: int | None = None) -> torch.Tensor:
+    "`images` checked to be a uint8 (N, 3, H, W) tensor (square `resolution` px when given); errors name the argument `name`."
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(f"{name}: expected a uint8 tensor (N, 3, H, W), got {getattr(images, 'dtype', type(images).__name__)} "
+                         f"{tuple(getattr(images, 'shape', ()))}")
+    if resolution is not None and tuple(images.shape[-2:]) != (resolution, resolution):
+        raise InputError(f"{name}: {tuple(images.shape[-2:])} px; the network takes {resolution} x {resolution} (resize first)")
+    return images
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)   # ITU-R BT.601 luma
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +14,14 @@ from torch import nn
 
 from ..core import InputError, get_logger, progress, torch_generator
 from ..models.coloc import GANVariant, gan_variant
+from ..models.generators import eval_mode
+from ..models.transforms import grayscale, uint8_images
 from .loop import TrainHistory, TrainResult
 
 log = get_logger("train.coloc")
 
 # %% auto #0
-__all__ = ['log', 'colour_pca', 'augment_batch', 'd_loss', 'g_loss', 'gradient_penalty', 'eval_mode', 'train_coloc_gan']
+__all__ = ['log', 'colour_pca', 'augment_batch', 'd_loss', 'g_loss', 'gradient_penalty', 'train_coloc_gan']
 
 # %% ../../nbs/28d_train_coloc.ipynb #291e3624
 def colour_pca(images: torch.Tensor, max_pixels: int = 200_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +46,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pca=None, shift: 
     img = img * f()                                                # brightness
     mean = img.mean(dim=(1, 2, 3), keepdim=True)
     img = (img - mean) * f() + mean                                # contrast
-    grey = (0.299 * img[:, :1] + 0.587 * img[:, 1:2] + 0.114 * img[:, 2:]).expand_as(img)
+    grey = grayscale(img).expand_as(img)
     img = (img - grey) * f() + grey                                # saturation
     x = img.clamp(0, 1) * 2 - 1
     if pca is not None and lighting > 0:
@@ -79,27 +80,14 @@ def gradient_penalty(variant: GANVariant, D: nn.Module, real: torch.Tensor, fake
     return variant.gp_lambda * (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
 # %% ../../nbs/28d_train_coloc.ipynb #0e2bbbfa
-@contextmanager
-def eval_mode(*modules: nn.Module):
-    "Put `modules` in eval mode for a block, restoring each one's training flag afterwards."
-    flags = [m.training for m in modules]
-    try:
-        for m in modules: m.eval()
-        yield
-    finally:
-        for m, f in zip(modules, flags): m.train(f)
-
 def train_coloc_gan(variant: str | GANVariant, images: torch.Tensor, steps: int, resolution: int | None = None, width: int = 64,
                     batch_size: int = 128, lr: float = 2e-4, betas: tuple = (0.9, 0.999), augment: bool = False, seed: int = 0,
                     device="cpu", G: nn.Module | None = None, D: nn.Module | None = None, eval_every: int = 0, callback=None,
                     log_every: int = 25, show_progress: bool = True) -> TrainResult:
     "Train the GAN `variant` on uint8 `images` (N, 3, R, R) for `steps` generator steps; the result's model is G, its parts `generator` and `discriminator`."
     v = gan_variant(variant) if isinstance(variant, str) else variant
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise InputError(f"images: expected a uint8 tensor (N, 3, H, W), got {getattr(images, 'dtype', type(images).__name__)} "
-                         f"{tuple(getattr(images, 'shape', ()))}")
-    R = resolution or images.shape[-1]
-    if images.shape[-2:] != (R, R): raise InputError(f"images: {tuple(images.shape[-2:])} px for resolution {R}; valid: square {R} x {R}")
+    R = resolution or uint8_images(images).shape[-1]
+    uint8_images(images, resolution=R)
     if steps < 1 or not 2 <= batch_size <= len(images):
         raise InputError(f"steps={steps}, batch_size={batch_size} with {len(images)} images; need steps >= 1 and 2 <= batch_size <= N")
     if not isinstance(augment, bool): raise InputError(f"augment={augment!r}; valid: True or False")
@@ -134,7 +122,7 @@ def train_coloc_gan(variant: str | GANVariant, images: torch.Tensor, steps: int,
                 raise FloatingPointError(f"{v.name} training diverged at step {step}: {vals}")
             hist.log(step=step, seconds=time.time() - t0, **vals)
         if callback and ((eval_every and (step + 1) % eval_every == 0) or step == steps - 1):
-            with eval_mode(G, D), torch.no_grad(): callback(step + 1, G, D)
+            with eval_mode(G), eval_mode(D), torch.no_grad(): callback(step + 1, G, D)
     hist.seconds = time.time() - t0
     return TrainResult(G.eval(), hist, parts=dict(generator=G, discriminator=D.eval()),
                        info=dict(variant=v.name, resolution=R, width=width, steps=steps, batch_size=batch_size, lr=lr,
