@@ -52,3 +52,35 @@ def test_bad_inputs_name_what_is_valid():
         CoLocDiscriminator(32, norm="spectral")
     with pytest.raises(InputError, match="the network takes 32 x 32"):
         discriminator_cam(CoLocDiscriminator(32, width=4), (torch.rand(2, 3, 64, 64) * 255).byte())
+
+
+def test_a_32px_set_is_the_64px_set_downsampled_with_its_boxes_halved():
+    from workbench.methods.colocalization import coloc_set
+    x64, b64 = coloc_set("mushroom", 0.5, 4, resolution=64, seed=3)
+    x32, b32 = coloc_set("mushroom", 0.5, 4, resolution=32, seed=3)
+    torch.testing.assert_close(x32.float(), torch.nn.functional.avg_pool2d(x64.float(), 2), atol=0.51, rtol=0)
+    for a, b in zip(b64, b32): torch.testing.assert_close(a / 2, b)
+    # distractors (other categories) are not targets: at diversity 0.5 some image has fewer targets than instances
+    from workbench.data.worlds import ObjectWorld
+    w = ObjectWorld(category="mushroom", size=64, seed=3, diversity=0.5)
+    assert [len(b) for b in b64] == [sum(not f for f in w[i].meta["is_distractor"]) for i in range(4)]
+
+
+def test_the_supervised_cam_classifier_learns_and_its_cam_follows_the_object():
+    from workbench.methods.colocalization import classifier_cam
+    from workbench.models.coloc import PreActResNet
+    from workbench.train.coloc import train_cam_classifier
+    g = torch_generator(0)
+    imgs = torch.full((64, 3, 16, 16), 128, dtype=torch.uint8)
+    labels = torch.arange(64) % 2
+    pos = torch.randint(0, 10, (64, 2), generator=g)
+    for i, (y, x) in enumerate(pos.tolist()):            # class 0: a dark square, class 1: a bright one, anywhere
+        imgs[i, :, y:y + 6, x:x + 6] = 20 if labels[i] == 0 else 240
+    torch.manual_seed(0)
+    net = PreActResNet(2, depths=(1, 1), width=8)
+    r = train_cam_classifier(net, imgs, labels, steps=80, batch_size=32, lr=0.05, augment=False, show_progress=False)
+    with torch.no_grad(): acc = (net(imgs.float() / 127.5 - 1).argmax(1) == labels).float().mean().item()
+    assert acc > 0.9 and r.history.final("loss") < r.history[0]["loss"]
+    cam = classifier_cam(net, imgs, labels).upsampled((16, 16))
+    inside = torch.stack([cam[i, y:y + 6, x:x + 6].mean() for i, (y, x) in enumerate(pos.tolist())])
+    assert (inside > cam.mean(dim=(1, 2))).float().mean() > 0.8

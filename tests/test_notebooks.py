@@ -75,6 +75,23 @@ METRIC_CHECKS = {
                 for r in m["per_sparsity"].values() for k in ("baseline", "sparsedet"))
         and m["departures_from_thesis"].get("tau_ppm", {}).get("thesis", 0.8) == 0.8
         and all(v["status"] in ("ok", "unavailable") and (v["status"] == "ok" or v["reason"]) for v in m["real_datasets"].values())),
+    # every run left its scheduled checkpoints (the last at the final step) and a finite MS-SSIM; the classifier trained
+    "64_train_coloc_gans": lambda m: (m["n_runs"] == len(m["runs"]) > 0
+        and all(r["checkpoints"] and r["checkpoints"][-1]["step"] == r["info"]["steps"] and 0 <= r["final_ms_ssim"] <= 1
+                and math.isfinite(r["final_d_loss"]) for r in m["runs"])
+        and {r["column"] for r in m["runs"]} >= {"DCGAN", "SN-DCGAN", "SN-DCGAN+aug"}
+        and all(0 <= a <= 1 for a in m["classifier"]["held_out_accuracy"].values()) and m["classifier"]["checkpoint"]),
+    # Table 3 has every column with peak >= stop, final (peak is the best checkpoint); the bar's numbers are there;
+    # Spearman and the unavailable Tiny ImageNet row are reported
+    "65_colocalization": lambda m: (
+        {r["column"] for r in m["rows"] if r["set"] == "mean"} >= {"DCGAN", "SN-DCGAN", "SN-DCGAN+aug", "CAM", "center"}
+        and all(0 <= r[k] <= 100 for r in m["rows"] for k in ("peak", "stop", "final"))
+        and all(r["peak"] >= max(r["stop"], r["final"]) - 1e-9 for r in m["rows"])
+        and all(r["max_box_acc"] is None or 0 <= r["max_box_acc"] <= 100 for r in m["rows"])
+        and all(r["off_target"] is None or 0 <= r["off_target"] <= 1 for r in m["rows"])
+        and all(0 <= m["quality_bar"]["0.5"][k] <= 100 for k in ("SN-DCGAN", "SN-DCGAN_stop", "CAM", "center"))
+        and isinstance(m["quality_bar"]["passes"], bool) and m["spearman"]["final"]["n"] == len(m["curves"])
+        and all(r["status"] in ("ok", "unavailable") and (r["status"] == "ok" or r["reason"]) for r in m["real_rows"])),
 }
 # Notebooks that train a model: re-run in the full profile where CUDA is present.
 TRAINING_NOTEBOOKS = ["26_train_aerial_gan", "27_train_aerial_clip", "43_train_object_vits", "62_train_object_clips"]

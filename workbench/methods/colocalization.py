@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core import InputError, torch_generator
+from ..data.worlds import ObjectWorld, OBJECT_CATEGORIES
 from ..eval.maps import SaliencyMaps
 from ..models.generators import eval_mode, to_uint8
 from ..models.hooks import Trace, find_layer
@@ -16,7 +18,7 @@ from ..models.transforms import uint8_images
 
 # %% auto #0
 __all__ = ['MS_SSIM_BETAS', 'discriminator_cam', 'classifier_cam', 'generate', 'ms_ssim_diversity', 'off_target_share',
-           'map_agreement', 'cam_stability_stop']
+           'map_agreement', 'cam_stability_stop', 'coloc_set']
 
 # %% ../../nbs/63_colocalization.ipynb #e312b044
 def _linear(model: nn.Module, linear: str) -> nn.Linear:
@@ -121,3 +123,19 @@ def cam_stability_stop(steps, maps) -> dict:
     stab[0] = None                                              # the first checkpoint has no predecessor to settle against
     best = max(range(1, len(stab)), key=lambda t: (stab[t], t))
     return dict(step=steps[best], index=best, stability=stab)
+
+# %% ../../nbs/63_colocalization.ipynb #696e5c07
+def coloc_set(category: str, diversity: float, n: int, resolution: int = 64, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    "uint8 images (n, 3, resolution, resolution) of object-world `category` at `diversity`, and each image's dominant-instance boxes (k, 4) in pixels."
+    if category not in OBJECT_CATEGORIES: raise InputError(f"category={category!r}; valid: {', '.join(OBJECT_CATEGORIES)}")
+    if resolution not in (32, 64, 128): raise InputError(f"resolution={resolution}; valid: 32, 64, 128")
+    if n < 1: raise InputError(f"n={n}; valid: an integer >= 1")
+    size = max(64, resolution)
+    w = ObjectWorld(category=category, size=size, seed=seed, diversity=diversity)
+    samples = [w[i] for i in range(n)]
+    images = torch.stack([s.image for s in samples])
+    scale = resolution / size
+    if scale != 1:
+        images = F.interpolate(images.float(), size=(resolution, resolution), mode="area").round().clamp(0, 255).to(torch.uint8)
+    boxes = [s.boxes[torch.tensor([not f for f in s.meta["is_distractor"]], dtype=torch.bool)] * scale for s in samples]
+    return images, boxes

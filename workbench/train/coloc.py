@@ -21,7 +21,8 @@ from .loop import TrainHistory, TrainResult
 log = get_logger("train.coloc")
 
 # %% auto #0
-__all__ = ['log', 'colour_pca', 'augment_batch', 'd_loss', 'g_loss', 'gradient_penalty', 'train_coloc_gan']
+__all__ = ['log', 'colour_pca', 'augment_batch', 'd_loss', 'g_loss', 'gradient_penalty', 'train_coloc_gan',
+           'train_cam_classifier']
 
 # %% ../../nbs/28d_train_coloc.ipynb #291e3624
 def colour_pca(images: torch.Tensor, max_pixels: int = 200_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,3 +128,47 @@ def train_coloc_gan(variant: str | GANVariant, images: torch.Tensor, steps: int,
     return TrainResult(G.eval(), hist, parts=dict(generator=G, discriminator=D.eval()),
                        info=dict(variant=v.name, resolution=R, width=width, steps=steps, batch_size=batch_size, lr=lr,
                                  betas=list(betas), augment=augment, seed=seed, n_images=len(images)))
+
+# %% ../../nbs/28d_train_coloc.ipynb #e40f7e73
+def train_cam_classifier(model: nn.Module, images: torch.Tensor, labels, steps: int, batch_size: int = 256, lr: float = 0.1,
+                         momentum: float = 0.9, weight_decay: float = 1e-4, milestones=(0.5, 0.75), gamma: float = 0.1,
+                         augment: bool = True, seed: int = 0, device="cpu", log_every: int = 25,
+                         show_progress: bool = True) -> TrainResult:
+    "Train `model` (in place; images in [-1, 1] → logits) on uint8 `images` (N, 3, R, R) and class `labels` (N,) with SGD and step decay at the `milestones` fractions of `steps`."
+    images = uint8_images(images)
+    labels = torch.as_tensor(labels).long()
+    if labels.shape != (len(images),) or (labels < 0).any():
+        raise InputError(f"labels: expected {len(images)} class indices >= 0, got shape {tuple(labels.shape)}")
+    if steps < 1 or not 2 <= batch_size <= len(images):
+        raise InputError(f"steps={steps}, batch_size={batch_size} with {len(images)} images; need steps >= 1 and 2 <= batch_size <= N")
+    if not all(0 < m < 1 for m in milestones): raise InputError(f"milestones={milestones}; valid: fractions of training in (0, 1)")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    cuts = sorted(round(m * steps) for m in milestones)
+    gen = torch_generator(seed)
+    pca = colour_pca(images, seed=seed) if augment else None
+    hist, t0 = TrainHistory("coloc classifier"), time.time()
+    for step in progress(range(steps), desc="training the CAM classifier", disable=not show_progress):
+        lr_now = lr * gamma ** sum(step >= c for c in cuts)
+        for g in opt.param_groups: g["lr"] = lr_now
+        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        x = images[idx].to(device).float() / 127.5 - 1
+        if augment:
+            x = augment_batch(x, gen, pca)
+            flip = (torch.rand(batch_size, generator=gen) < 0.5).to(device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y = labels[idx].to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"classifier training diverged at step {step}: loss {float(loss)}; lower the learning rate")
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        if step % log_every == 0 or step == steps - 1:
+            hist.log(step=step, seconds=time.time() - t0, loss=loss.item(), lr=lr_now,
+                     accuracy=float((logits.argmax(1) == y).float().mean()))
+    hist.seconds = time.time() - t0
+    return TrainResult(model.eval(), hist, info=dict(steps=steps, batch_size=batch_size, lr=lr, momentum=momentum,
+                                                     weight_decay=weight_decay, milestones=cuts, gamma=gamma, augment=augment,
+                                                     seed=seed, n_images=len(images)))
