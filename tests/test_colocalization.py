@@ -84,3 +84,24 @@ def test_the_supervised_cam_classifier_learns_and_its_cam_follows_the_object():
     cam = classifier_cam(net, imgs, labels).upsampled((16, 16))
     inside = torch.stack([cam[i, y:y + 6, x:x + 6].mean() for i, (y, x) in enumerate(pos.tolist())])
     assert (inside > cam.mean(dim=(1, 2))).float().mean() > 0.8
+
+
+def test_the_committed_sn_dcgan_checkpoints_carry_their_provenance():
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    ds = sorted(root.glob("coloc_sn_dcgan_*_d.safetensors"))
+    assert ds, "no checkpoints/coloc_sn_dcgan_<category>_d.safetensors committed"
+    assert sum(f.stat().st_size for f in root.glob("coloc_*.safetensors")) <= 6e6     # the issue: <= 6 MB together
+    for d in ds:
+        g = d.with_name(d.name.replace("_d.safetensors", "_g.safetensors"))
+        assert g.is_file()
+        for path, role in ((d, "discriminator"), (g, "generator")):
+            p = json.loads(path.with_suffix(".json").read_text())["params"]
+            assert p["variant"] == "SN-DCGAN" and p["role"] == role and p["category"] in d.name
+            assert {"diversity", "resolution", "seed", "steps"} <= set(p)
+        D = load_model(d, device="cpu").model
+        G = load_model(g, device="cpu").model
+        imgs = generate(G, 4, seed=0)
+        assert imgs.shape[-1] == json.loads(d.with_suffix(".json").read_text())["params"]["resolution"]
+        assert torch.isfinite(discriminator_cam(D, imgs).maps).all()

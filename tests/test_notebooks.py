@@ -89,7 +89,7 @@ METRIC_CHECKS = {
         and all(r["peak"] >= max(r["stop"], r["final"]) - 1e-9 for r in m["rows"])
         and all(r["max_box_acc"] is None or 0 <= r["max_box_acc"] <= 100 for r in m["rows"])
         and all(r["off_target"] is None or 0 <= r["off_target"] <= 1 for r in m["rows"])
-        and all(0 <= m["quality_bar"]["0.5"][k] <= 100 for k in ("SN-DCGAN", "SN-DCGAN_stop", "CAM", "center"))
+        and all(0 <= m["quality_bar"]["0.5"][k] <= 100 for k in ("SN-DCGAN", "SN-DCGAN_peak", "CAM", "center"))
         and isinstance(m["quality_bar"]["passes"], bool) and m["spearman"]["final"]["n"] == len(m["curves"])
         and all(r["status"] in ("ok", "unavailable") and (r["status"] == "ok" or r["reason"]) for r in m["real_rows"])),
 }
