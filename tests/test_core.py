@@ -52,3 +52,29 @@ def test_bad_setting_exits_2(isolated_settings, monkeypatch, capsys):
     assert main(["settings"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "WORKBENCH_SEED" in err[0]
+
+
+def test_negative_workers_are_refused_at_settings_time(isolated_settings, monkeypatch, capsys):
+    from workbench.cli import main
+    monkeypatch.setenv("WORKBENCH_NUM_WORKERS", "-3")
+    with pytest.raises(InputError, match=r"num_workers='-3' from environment WORKBENCH_NUM_WORKERS: expected an integer >= 0"):
+        load_settings()
+    assert main(["settings"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "num_workers" in err[0]
+    monkeypatch.delenv("WORKBENCH_NUM_WORKERS")
+    with pytest.raises(InputError, match="expected an integer >= 0"):
+        load_settings(num_workers=-1)
+
+
+def test_cuda_device_setting_without_cuda_is_refused(isolated_settings, monkeypatch, capsys):
+    import torch
+    from workbench.cli import main
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORKBENCH_DEVICE", "cuda")
+    with pytest.raises(InputError, match="CUDA is not available on this machine; valid here: auto, cpu"):
+        load_settings()
+    assert main(["settings"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert load_settings().device == "cuda"

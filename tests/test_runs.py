@@ -115,3 +115,82 @@ def test_existing_run_folder_is_never_overwritten(nbs, tmp_path):
     out = tmp_path / "run3"
     assert main(["run", "demo", "--out", str(out), "-q"]) == 0
     assert main(["run", "demo", "--out", str(out), "-q"]) == 2
+
+
+def test_out_folder_with_other_files_is_refused_untouched(nbs, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notebook.ipynb").write_text("my own notebook")
+    assert main(["run", "demo", "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not empty and is not a run folder" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["notebook.ipynb"]
+    assert (out / "notebook.ipynb").read_text() == "my own notebook"
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unwritable_out_is_one_line_exit_2(nbs, tmp_path, capsys, where):
+    if where == "under_a_file":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "run"
+    else:
+        out = Path("/proc/workbench-run")
+    assert main(["run", "demo", "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write there" in err[0] and str(out) in err[0], err
+
+
+@pytest.mark.parametrize("value, needle", [
+    ("notanumber", "parameter n='notanumber' for notebook demo: expected int (its profiles use 1000, 2)"),
+    ("-5", "parameter n=-5 for notebook demo: expected a value >= 1"),
+    ("2.5", "expected int"),
+])
+def test_parameter_values_are_checked_before_the_kernel_starts(nbs, tmp_path, capsys, value, needle):
+    out = tmp_path / "never"
+    assert main(["run", "demo", "-p", "n", value, "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
+
+
+def test_sigterm_ends_the_run_interrupted(nbs, tmp_path):
+    import signal
+    import time
+    _nb(nbs / "10_sleepy.ipynb", [('profile = "smoke"', ["parameters"]),
+                                  ("import time\nfor _ in range(600): time.sleep(0.1)", [])])
+    out = tmp_path / "sleepy"
+    exe = Path(sys.executable).with_name("workbench")
+    proc = subprocess.Popen([str(exe), "run", "sleepy", "--out", str(out), "-q"], stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while time.time() - t0 < 60:   # wait until the kernel runs the sleeping cell
+        nbp = out / "notebook.ipynb"
+        if nbp.exists() and "time.sleep" in nbp.read_text() and '"execution_count": 1' in nbp.read_text():
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    # the last line is ours; the kernel, stopped mid-cell, may log its own socket error above it
+    assert err.strip().splitlines()[-1].startswith("workbench: interrupted by SIGTERM"), err
+    assert "workbench/runs.py" not in err and "workbench/cli.py" not in err, err
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["error"] == "interrupted by SIGTERM"
+    assert status["finished"] and status["seconds"] > 0
+
+
+def test_runs_lists_folders_and_marks_stale_ones(nbs, tmp_path, capsys, monkeypatch):
+    import platform
+    runs = tmp_path / "all_runs"
+    assert main(["run", "demo", "--out", str(runs / "good"), "-q"]) == 0
+    (runs / "gone").mkdir()
+    (runs / "gone" / "status.json").write_text(json.dumps(dict(status="running", notebook="07_demo", profile="full",
+                                                                pid=2**22 + 4321, host=platform.node())))
+    capsys.readouterr()
+    assert main(["runs", str(runs)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:3] == ["status", "notebook", "profile"]
+    good = next(line for line in lines if line.endswith("good"))
+    gone = next(line for line in lines if line.endswith("gone"))
+    assert good.split()[:3] == ["ok", "07_demo", "smoke"] and "n=2" in good
+    assert gone.split()[:3] == ["stale", "07_demo", "full"]

@@ -12,8 +12,8 @@ from pathlib import Path
 from .core import InputError, WorkbenchError, load_settings, setup_logging
 
 # %% auto #0
-__all__ = ['DEMO_NOTEBOOK', 'cmd_settings', 'cmd_models', 'cmd_list', 'cmd_run', 'cmd_demo', 'cmd_data_list', 'cmd_data_verify',
-           'cmd_data_synth', 'build_parser', 'main']
+__all__ = ['DEMO_NOTEBOOK', 'cmd_settings', 'cmd_models', 'cmd_list', 'cmd_run', 'cmd_runs', 'cmd_demo', 'cmd_data_list',
+           'cmd_data_verify', 'cmd_data_synth', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #2b66b65e
 def _out(*lines): print(*lines, sep="\n")
@@ -60,6 +60,18 @@ def cmd_run(args) -> int:
               f"executed notebook kept in {e.status.get('run_dir')}", file=sys.stderr)
         return 1
     _out(f"run ok in {st['seconds']} s: {st['run_dir']}")
+    return 0
+
+def cmd_runs(args) -> int:
+    "List run folders with their status (stale: the process is gone), notebook, profile, start and headline metric."
+    from workbench.runs import list_runs
+    rows = list_runs(Path(args.folder) if args.folder else None)
+    if not rows:
+        _out(f"no run folders under {args.folder or load_settings().runs_dir}"); return 0
+    cols = ["status", "notebook", "profile", "started", "headline", "dir"]
+    w = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols[:-1]}
+    _out("  ".join(f"{c:<{w[c]}}" for c in cols[:-1]) + "  dir",
+         *["  ".join(f"{str(r[c]):<{w[c]}}" for c in cols[:-1]) + f"  {r['dir']}" for r in rows])
     return 0
 
 DEMO_NOTEBOOK = "32_generator_neurons"
@@ -114,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("settings", help="print resolved settings and their sources").set_defaults(fn=cmd_settings)
     sub.add_parser("models", help="list known models and whether their weights are present").set_defaults(fn=cmd_models)
     sub.add_parser("list", help="list runnable notebooks and their parameters").set_defaults(fn=cmd_list)
+    rs = sub.add_parser("runs", help="list run folders with status (stale when the process is gone) and headline metric")
+    rs.add_argument("folder", nargs="?", help="folder to search (default: the runs_dir setting)")
+    rs.set_defaults(fn=cmd_runs)
     r = sub.add_parser("run", help="run a notebook with papermill into a run folder")
     r.add_argument("notebook", help="notebook name (e.g. gallery) or path")
     r.add_argument("--profile", choices=None, help="smoke (CPU, minutes) or full (GPU, paper scale)")
@@ -148,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"workbench: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        from workbench.runs import Terminated
+        sig = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        print(f"workbench: interrupted by {sig}; what ran is kept in the run folder (status.json: interrupted)", file=sys.stderr)
+        return 143 if sig == "SIGTERM" else 130
     except WorkbenchError as e:
         print(f"workbench: {e}", file=sys.stderr)
         return 1

@@ -59,6 +59,7 @@ class SettingSpec:
     default: str
     help: str
     choices: tuple = ()
+    minimum: int | None = None   # for 'int': the smallest valid value
 
 SETTING_SPECS = {s.key: s for s in [
     SettingSpec("data_root", "path", "data", "where real datasets live (layouts in data_manifests/)"),
@@ -67,7 +68,7 @@ SETTING_SPECS = {s.key: s for s in [
     SettingSpec("device", "choice", "auto", "compute device", ("auto", "cpu", "cuda")),
     SettingSpec("profile", "choice", "smoke", "default notebook profile", ("smoke", "full")),
     SettingSpec("seed", "int", "0", "default random seed"),
-    SettingSpec("num_workers", "int", "0", "data-loader workers"),
+    SettingSpec("num_workers", "int", "0", "data-loader workers", minimum=0),
     SettingSpec("allow_download", "bool", "false", "fetch missing pretrained weights from their public hub"),
 ]}
 
@@ -78,8 +79,11 @@ def _parse_value(spec: SettingSpec, raw: str, base: Path | None, origin: str):
         p = Path(os.path.expandvars(raw)).expanduser()
         return p if p.is_absolute() or base is None else (base / p)
     if spec.kind == "int":
-        try: return int(raw)
+        try: v = int(raw)
         except ValueError: raise InputError(f"setting {spec.key}={raw!r} from {origin}: expected an integer") from None
+        if spec.minimum is not None and v < spec.minimum:
+            raise InputError(f"setting {spec.key}={raw!r} from {origin}: expected an integer >= {spec.minimum}")
+        return v
     if spec.kind == "bool":
         low = raw.lower()
         if low in ("1", "true", "yes", "on"): return True
@@ -87,7 +91,15 @@ def _parse_value(spec: SettingSpec, raw: str, base: Path | None, origin: str):
         raise InputError(f"setting {spec.key}={raw!r} from {origin}: expected true or false")
     if spec.kind == "choice" and raw not in spec.choices:
         raise InputError(f"setting {spec.key}={raw!r} from {origin}: valid: {', '.join(spec.choices)}")
+    if spec.key == "device" and raw == "cuda" and not _cuda_available():
+        raise InputError(f"setting device='cuda' from {origin}: CUDA is not available on this machine; valid here: auto, cpu")
     return raw
+
+def _cuda_available() -> bool:
+    "Whether torch sees a CUDA device (imported only when a setting asks for cuda)."
+    try: import torch
+    except ImportError: return False
+    return torch.cuda.is_available()
 
 # %% ../nbs/00_core.ipynb #37696ca3
 def project_settings_file(start: Path | None = None) -> Path | None:
@@ -167,7 +179,9 @@ def load_settings(start: Path | None = None, **explicit) -> Settings:
         if k not in SETTING_SPECS:
             raise InputError(f"unknown setting {k!r}; valid: {', '.join(SETTING_SPECS)}")
         if v is None: continue
-        values[k] = _parse_value(SETTING_SPECS[k], str(v), Path.cwd(), "argument") if isinstance(v, str) else v
+        spec = SETTING_SPECS[k]
+        as_text = isinstance(v, str) or (spec.kind == "int" and isinstance(v, int) and not isinstance(v, bool))
+        values[k] = _parse_value(spec, str(v), Path.cwd(), "argument") if as_text else v
         sources[k] = "argument"
     return Settings(values, sources)
 

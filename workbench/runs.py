@@ -28,7 +28,8 @@ log = get_logger("runs")
 
 # %% auto #0
 __all__ = ['log', 'Run', 'start_run', 'nbs_dir', 'NotebookInfo', 'notebook_info', 'list_notebooks', 'find_notebook',
-           'parse_value', 'check_params', 'git_commit', 'environment', 'RunFailed', 'new_run_dir', 'run_notebook']
+           'parse_value', 'expected_types', 'value_range', 'check_params', 'git_commit', 'environment', 'RunFailed',
+           'new_run_dir', 'prepare_run_dir', 'Terminated', 'run_notebook', 'list_runs']
 
 # %% ../nbs/01_runs.ipynb #55bad600
 @dataclass
@@ -146,6 +147,8 @@ def find_notebook(name: str, folder: Path | None = None) -> NotebookInfo:
     raise InputError(f"unknown notebook {name!r}; valid: {valid}")
 
 # %% ../nbs/01_runs.ipynb #f9ea9051
+import re as _re
+
 def parse_value(text: str, default_type: str | None = None):
     "Turn command-line text into a Python value (int, float, bool, None, JSON list/dict, else str)."
     if default_type == "str": return text
@@ -160,8 +163,45 @@ def parse_value(text: str, default_type: str | None = None):
         except json.JSONDecodeError: pass
     return text
 
+def _type_name(v) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}.get(type(v), type(v).__name__)
+
+def expected_types(info: NotebookInfo, name: str) -> set[str]:
+    "The type names a parameter takes: those of its profiles' non-None values, else of its default; empty when unknown."
+    vals = [pr[name] for pr in info.profiles.values() if name in pr and pr[name] is not None]
+    if not vals:
+        try: d = ast.literal_eval(info.params.get(name, {}).get("default", "None"))
+        except (ValueError, SyntaxError): d = None
+        vals = [] if d is None else [d]
+    return {_type_name(v) for v in vals}
+
+_COUNT = _re.compile(r"^(n|n_\w+|steps|epochs|batch_size|topk|\w+_every)$")
+
+def value_range(info: NotebookInfo, name: str) -> tuple[float | None, bool]:
+    "(bound, strict): the smallest valid value of a numeric parameter, from its comment or the count rule; (None, False) when unbounded."
+    m = _re.search(r"\((>=|≥|>)\s*(-?\d+(?:\.\d+)?)\)", info.params.get(name, {}).get("help", "") or "")
+    if m: return float(m.group(2)), m.group(1) == ">"
+    if _COUNT.match(name) and expected_types(info, name) == {"int"}:
+        vals = [pr[name] for pr in info.profiles.values() if isinstance(pr.get(name), int)]
+        return (0.0 if 0 in vals else 1.0), False
+    return None, False
+
+def _check_value(info: NotebookInfo, name: str, v) -> None:
+    if v is None or name == "profile": return
+    want, got = expected_types(info, name), _type_name(v)
+    # a parameter that takes text somewhere (a prompt, "auto" for a number) is not type-checked: its notebook reads the text
+    ok = not want or "str" in want or got in want or (got == "int" and "float" in want)
+    if not ok:
+        seen = sorted({repr(pr[name]) for pr in info.profiles.values() if pr.get(name) is not None})[:3]
+        raise InputError(f"parameter {name}={v!r} for notebook {info.short_name}: expected {' or '.join(sorted(want))}"
+                         + (f" (its profiles use {', '.join(seen)})" if seen else ""))
+    lo, strict = value_range(info, name)
+    if lo is not None and got in ("int", "float") and (v <= lo if strict else v < lo):
+        bound = f"> {lo:g}" if strict else f">= {lo:g}"
+        raise InputError(f"parameter {name}={v!r} for notebook {info.short_name}: expected a value {bound}")
+
 def check_params(info: NotebookInfo, profile: str | None, params: dict) -> dict:
-    "Validate names against the notebook's parameters and the profile against its PROFILES; return what to inject."
+    "Validate names, types and ranges of `params` and the profile against PROFILES; return what to inject."
     names = list(info.params)
     if not names or names[0] != "profile":
         raise WorkbenchError(f"notebook {info.name}: the first parameter must be 'profile' (found {names[:1]})")
@@ -173,6 +213,7 @@ def check_params(info: NotebookInfo, profile: str | None, params: dict) -> dict:
     if "profile" in out and info.profiles:
         if out["profile"] not in info.profiles:
             raise InputError(f"unknown profile {out['profile']!r} for notebook {info.short_name}; valid: {', '.join(info.profiles)}")
+    for k, v in out.items(): _check_value(info, k, v)
     return out
 
 # %% ../nbs/01_runs.ipynb #814b8e64
@@ -224,6 +265,35 @@ def new_run_dir(info: NotebookInfo, profile: str) -> Path:
     while d.exists(): d = base / f"{stamp}-{info.short_name}-{profile}-{k}"; k += 1
     return d
 
+def prepare_run_dir(run_dir: Path) -> None:
+    "Create `run_dir` for a new run, refusing (one line) a folder that holds a run or anything else, or that cannot be written."
+    run_dir = Path(run_dir)
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise InputError(f"--out {run_dir} is a file; give a new or empty folder")
+        if (run_dir / "status.json").exists():
+            raise InputError(f"--out {run_dir} already holds a run; choose an empty folder")
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise InputError(f"--out {run_dir} is not empty and is not a run folder (nothing was written); choose a new or empty folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".workbench-write-test"
+        probe.write_bytes(b""); probe.unlink()
+    except OSError as e:
+        raise InputError(f"--out {run_dir}: cannot write there ({e.strerror or type(e).__name__}); choose a writable folder") from None
+
+class Terminated(KeyboardInterrupt):
+    "SIGTERM, raised in the main thread while a notebook runs, so the run ends `interrupted` like Ctrl-C."
+
+def _terminate_as_interrupt():
+    "Turn SIGTERM into `Terminated` while a run is in progress; returns the function that restores the old handler."
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread(): return lambda: None
+    def handler(signum, frame): raise Terminated()
+    old = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, old)
+
+def _signal_name(e: BaseException) -> str: return "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+
 def _render_report(nb_path: Path, out: Path) -> None:
     try:
         from nbconvert import HTMLExporter
@@ -241,13 +311,12 @@ def run_notebook(name: str, profile: str | None = None, params: dict | None = No
     inject = check_params(info, profile, params or {})
     profile = inject.setdefault("profile", info.params["profile"]["default"].strip("'\""))
     run_dir = Path(out) if out else new_run_dir(info, profile)
-    if (run_dir / "status.json").exists():
-        raise InputError(f"--out {run_dir} already holds a run; choose an empty folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir)
     Run(run_dir)
     write_json(run_dir / "params.json", dict(notebook=info.name, **inject))
     write_json(run_dir / "env.json", environment())
-    status = dict(status="running", notebook=info.name, run_dir=str(run_dir.resolve()), started=_now())
+    status = dict(status="running", notebook=info.name, profile=profile, run_dir=str(run_dir.resolve()), started=_now(),
+                  pid=os.getpid(), host=platform.node())
     write_json(run_dir / "status.json", status)
     env_keys = dict(WORKBENCH_RUN_DIR=str(run_dir.resolve()), WORKBENCH_PROGRESS="text", PYTHONUNBUFFERED="1")
     pf = project_settings_file()
@@ -257,6 +326,8 @@ def run_notebook(name: str, profile: str | None = None, params: dict | None = No
     os.environ.pop("MPLBACKEND", None)   # the kernel's inline backend puts figures into the executed notebook and report
     t0 = time.time()
     nb_out = run_dir / "notebook.ipynb"
+    interrupted = None
+    on_term = _terminate_as_interrupt()
     try:
         log.info("running %s (profile %s) into %s", info.name, profile, run_dir)
         pm.execute_notebook(str(info.path), str(nb_out), parameters=inject, kernel_name="python3",
@@ -266,12 +337,13 @@ def run_notebook(name: str, profile: str | None = None, params: dict | None = No
     except PapermillExecutionError as e:
         status.update(status="failed", error=f"{e.ename}: {e.evalue}", cell_index=e.cell_index,
                       exec_count=e.exec_count, cell_source=e.source[-2000:])
-    except KeyboardInterrupt:
-        status.update(status="failed", error="interrupted")
-        write_json(run_dir / "status.json", status); raise
+    except KeyboardInterrupt as e:
+        interrupted = e
+        status.update(status="interrupted", error=f"interrupted by {_signal_name(e)}")
     except Exception as e:
         status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
     finally:
+        on_term()
         for k, v in saved.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
@@ -279,5 +351,42 @@ def run_notebook(name: str, profile: str | None = None, params: dict | None = No
     if not (run_dir / "metrics.json").exists(): write_json(run_dir / "metrics.json", {})
     if nb_out.exists(): _render_report(nb_out, run_dir / "report.html")
     write_json(run_dir / "status.json", status)
+    if interrupted is not None: raise interrupted
     if status["status"] != "ok": raise RunFailed(status)
     return status
+
+# %% ../nbs/01_runs.ipynb #c6720414
+def _alive(pid) -> bool:
+    try: os.kill(int(pid), 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OSError, TypeError, ValueError): return True
+    return True
+
+def _headline(metrics: dict) -> str:
+    qb = metrics.get("quality_bar")
+    if isinstance(qb, dict) and "passes" in qb: return f"quality_bar.passes={qb['passes']}"
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool): return f"{k}={v:.4g}"
+    return ""
+
+def list_runs(folder: Path | None = None) -> list[dict]:
+    "One row per run folder under `folder` (default runs_dir): dir, status (stale when its process is gone), notebook, profile, started, headline."
+    folder = Path(folder) if folder else load_settings().runs_dir
+    if not folder.is_dir(): return []
+    paths = sorted({*folder.glob("*/status.json"), *folder.glob("*/*/status.json"), *folder.glob("status.json")})
+    rows = []
+    for sp in paths:
+        try: st = read_json(sp)
+        except (OSError, ValueError): st = dict(status="unreadable")
+        d = sp.parent
+        status = st.get("status", "?")
+        if status == "running" and st.get("host") == platform.node() and "pid" in st and not _alive(st["pid"]):
+            status = "stale"
+        try: params = read_json(d / "params.json") if (d / "params.json").exists() else {}
+        except (OSError, ValueError): params = {}
+        try: metrics = read_json(d / "metrics.json") if (d / "metrics.json").exists() else {}
+        except (OSError, ValueError): metrics = {}
+        rows.append(dict(dir=str(d), status=status, notebook=st.get("notebook", params.get("notebook", "?")),
+                         profile=st.get("profile", params.get("profile", "?")), started=st.get("started", ""),
+                         headline=_headline(metrics)))
+    return rows
