@@ -370,6 +370,7 @@ def test_known_models_exist_in_installed_libraries(offline_settings):
         if spec.source == "timm" and f"{spec.arch}.{spec.tag}" not in reg.EXTRA_TIMM_WEIGHTS:
             assert f"{spec.arch}.{spec.tag}" in timm_pretrained, i.name
         if spec.source == "clip": assert (spec.arch, spec.tag) in clip_pretrained, i.name
+        if i.source == "wb": continue   # wb: models list the project's committed checkpoints instead
         assert not i.weights_present and offline_settings in i.expected_path.parents and i.obtain
     assert "timm/vit_base_patch16_224.dino" in next(i for i in infos if i.name == "timm:vit_base_patch16_224.dino").obtain
 
@@ -379,3 +380,67 @@ def test_known_models_sees_present_weights(offline_settings):
     info = {i.name: i for i in known_models()}["clip:RN50@openai"]
     assert info.weights_present and info.expected_path == p
     assert "clip:RN50@openai" in reg.format_models(known_models()) and "present" in reg.format_models(known_models())
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_checkpoints_match_their_recorded_sha256():
+    from workbench.models.registry import file_sha256
+    import json
+    provs = sorted((ROOT / "checkpoints").glob("*.json"))
+    assert provs
+    for prov in provs:
+        rec = json.loads(prov.read_text())
+        assert rec.get("sha256") == file_sha256(prov.with_suffix(".safetensors")), prov.name
+
+
+def test_a_committed_checkpoint_overwritten_with_garbage_is_refused(tmp_path):
+    import shutil
+    src = ROOT / "checkpoints" / "aerial_gan.safetensors"
+    dst = tmp_path / src.name
+    shutil.copy(src, dst)
+    shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
+    assert load_model(dst, device="cpu").model is not None
+    data = bytearray(dst.read_bytes())
+    data[-4096:] = os.urandom(4096)          # 4 KB of garbage over the end of the tensor data, the header intact
+    dst.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"aerial_gan.safetensors: its sha256 does not match the one in aerial_gan.json"):
+        load_model(dst, device="cpu")
+    dst.with_suffix(".json").unlink()         # without provenance the damage still shows up as non-finite weights or is loaded
+    try:
+        load_model(dst, device="cpu")
+    except InputError as e:
+        assert "non-finite values" in str(e)
+
+
+def test_non_finite_weights_are_an_error_naming_the_file(tmp_path):
+    m = nn.Linear(4, 2)
+    with torch.no_grad():
+        m.weight[0, :2] = float("nan")
+        m.bias[1] = float("inf")
+    register_model("wb:test-linear")(lambda: nn.Linear(4, 2))
+    p = save_checkpoint(m, tmp_path / "lin.safetensors", "wb:test-linear")
+    with pytest.raises(InputError, match=r"lin.safetensors: 3 non-finite values \(NaN or inf\) in 2 tensor\(s\)"):
+        load_model(p, device="cpu")
+
+
+def test_wb_names_register_on_demand_in_a_fresh_interpreter():
+    import subprocess
+    import sys
+    code = ("from workbench.models.registry import load_model; "
+            "m = load_model('wb:aerial-gan', pretrained=False, device='cpu'); print(type(m.model).__name__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "WORKBENCH_DEVICE": "cpu"})
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_models_command_lists_wb_models_with_their_committed_files(capsys):
+    from workbench.cli import main
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("wb:aerial-gan", "wb:object-vit", "wb:object-clip-vit", "wb:unet", "wb:coloc-discriminator"):
+        assert name in out, name
+    assert "aerial_gan.safetensors" in out and "object_vit_dino.safetensors" in out
+    infos = {i.name: i for i in known_models()}
+    assert infos["wb:aerial-gan"].weights_present and infos["wb:aerial-gan"].files

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import io
 import json
@@ -32,13 +33,13 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD
 _log = get_logger("registry")
 
 # %% auto #0
-__all__ = ['CHECKPOINT_SUFFIXES', 'NAME_FORMS', 'MOVED_MODULES', 'EXTRA_TIMM_WEIGHTS', 'WEIGHT_SUFFIXES', 'CHECKPOINT_FORMAT',
-           'CHECKPOINTS', 'KNOWN_MODELS', 'ModelSpec', 'parse_model_name', 'RegisteredModel', 'register_model',
-           'registered_models', 'WeightsSource', 'ExtraTimmWeights', 'mocov3_to_timm', 'resolve_spec',
+__all__ = ['CHECKPOINT_SUFFIXES', 'NAME_FORMS', 'MOVED_MODULES', 'REGISTERING_MODULES', 'EXTRA_TIMM_WEIGHTS', 'WEIGHT_SUFFIXES',
+           'CHECKPOINT_FORMAT', 'CHECKPOINTS', 'KNOWN_MODELS', 'ModelSpec', 'parse_model_name', 'RegisteredModel',
+           'register_model', 'registered_models', 'WeightsSource', 'ExtraTimmWeights', 'mocov3_to_timm', 'resolve_spec',
            'WeightsMissingError', 'expected_weights_path', 'find_weights', 'weights_source', 'resolve_weights',
-           'Checkpoint', 'read_checkpoint', 'unwrap_state_dict', 'LoadedModel', 'build_model', 'load_state_dict_strict',
-           'load_weights', 'load_model', 'save_checkpoint', 'checkpoint_path', 'publish_checkpoint', 'ModelInfo',
-           'known_models', 'format_models']
+           'Checkpoint', 'file_sha256', 'read_checkpoint', 'unwrap_state_dict', 'LoadedModel', 'build_model',
+           'load_state_dict_strict', 'load_weights', 'load_model', 'save_checkpoint', 'checkpoint_path',
+           'publish_checkpoint', 'ModelInfo', 'committed_checkpoints', 'known_models', 'format_models']
 
 # %% ../../nbs/21_registry.ipynb #4c3d9257
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -119,6 +120,13 @@ def registered_models() -> dict[str, RegisteredModel]:
 # Where the builders of checkpoints saved before the package was split into layers live now
 MOVED_MODULES = {"workbench.clip": "workbench.models.clip", "workbench.gan": "workbench.models.gan",
                  "workbench.vit_training": "workbench.models.vits", "workbench.distill": "workbench.methods.distill"}
+
+# The modules that register `wb:` architectures, imported on demand when a `wb:` name is not registered yet
+REGISTERING_MODULES = ("workbench.models.gan", "workbench.models.clip", "workbench.models.vits", "workbench.models.coloc",
+                       "workbench.methods.distill")
+
+def _import_all_registering() -> None:
+    for m in REGISTERING_MODULES: _import_registering_module(m)
 
 def _import_registering_module(module: str | None) -> None:
     "Import the workbench module named in a checkpoint (or the module it moved to) so its `wb:` builder registers itself; workbench modules only."
@@ -218,6 +226,7 @@ def resolve_spec(spec: ModelSpec, pretrained: bool = True) -> ModelSpec:
             raise InputError(f"clip:{spec.arch} needs a weights tag: clip:{spec.arch}@TAG with TAG one of "
                              f"{', '.join(tags) or 'none (no pretrained weights)'}; or pretrained=False")
     elif spec.source == "wb":
+        if spec.arch not in _WB_MODELS: _import_all_registering()
         if spec.arch not in _WB_MODELS:
             raise InputError(f"unknown workbench model wb:{spec.arch}; registered: {', '.join(registered_models()) or 'none'} "
                              "(the module that defines it registers it when imported)")
@@ -339,10 +348,46 @@ def _first_line(e: BaseException) -> str:
 def _is_wb_arch(a) -> bool:
     return isinstance(a, str) and a.startswith(("clip:", "timm:", "wb:"))
 
+def file_sha256(path: Path | str) -> str:
+    "The hex sha256 of a file's bytes."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
+def _verify_provenance_hash(path: Path) -> None:
+    "If a provenance file beside `path` records a sha256, the file must match it."
+    prov = path.with_suffix(".json")
+    if not prov.is_file(): return
+    try: want = json.loads(prov.read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError): return
+    if want and file_sha256(path) != want:
+        raise InputError(f"checkpoint {path}: its sha256 does not match the one in {prov.name} (the file was changed or "
+                         "damaged after it was published); restore it (git checkout) or re-publish it from its notebook")
+
+def _check_finite(path: Path, tensors) -> None:
+    "Every floating-point tensor of a checkpoint must be finite."
+    def walk(x):
+        if isinstance(x, torch.Tensor): yield x
+        elif isinstance(x, dict):
+            for v in x.values(): yield from walk(v)
+    bad = [t for t in walk(tensors) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        n = sum(int((~torch.isfinite(t)).sum()) for t in bad)
+        raise InputError(f"checkpoint {path}: {n} non-finite values (NaN or inf) in {len(bad)} tensor(s); the file is damaged or "
+                         "the training diverged")
+
 def read_checkpoint(path: Path | str) -> Checkpoint:
-    "Read a weights file without executing code from it: safetensors, or `torch.load(weights_only=True)`."
+    """Read a weights file without executing code from it: safetensors, or `torch.load(weights_only=True)`. A sha256 in the
+    provenance file beside it is verified, and non-finite weights are refused."""
     path = Path(path)
     if not path.is_file(): raise InputError(f"checkpoint file {path} does not exist")
+    _verify_provenance_hash(path)
+    ck = _read_checkpoint(path)
+    _check_finite(path, ck.tensors)
+    return ck
+
+def _read_checkpoint(path: Path) -> Checkpoint:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
         try:
@@ -578,7 +623,7 @@ def publish_checkpoint(model: nn.Module, dest: Path | str, arch: str, made_by: s
     path = save_checkpoint(model, dest, arch, fp16=fp16, **kwargs)
     write_json(path.with_suffix(".json"), dict(made_by=made_by, arch=parse_model_name(arch).name, kwargs=kwargs,
                                                params=dict(params or {}), metrics=dict(metrics or {}), git=git_commit(),
-                                               size_bytes=path.stat().st_size))
+                                               size_bytes=path.stat().st_size, sha256=file_sha256(path)))
     _log.info("published %s (%.2f MB)", path, path.stat().st_size / 1e6)
     return path
 
@@ -604,24 +649,47 @@ class ModelInfo:
     weights_present: bool
     expected_path: Path
     obtain: str
+    files: tuple = ()    # wb: models: the committed checkpoints of this architecture
 
-def known_models(weights_dir: Path | str | None = None) -> list[ModelInfo]:
-    "The curated models (`KNOWN_MODELS`) and the registered `wb:` models, with the state of their weights."
+def committed_checkpoints(folder: Path | str | None = None) -> dict[str, list[Path]]:
+    "The checkpoint files under `checkpoints/` (or `folder`) by the architecture their metadata names (header only is read)."
+    from safetensors import safe_open
+    folder = Path(folder) if folder is not None else project_root() / CHECKPOINTS
+    out: dict[str, list[Path]] = {}
+    for f in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(f), framework="pt", device="cpu") as h: meta = h.metadata() or {}
+            arch = json.loads(meta.get("workbench", "{}")).get("arch")
+        except Exception: continue   # an unreadable file is reported when it is loaded, not here
+        if arch: out.setdefault(arch, []).append(f)
+    return out
+
+def known_models(weights_dir: Path | str | None = None, checkpoints_dir: Path | str | None = None) -> list[ModelInfo]:
+    """The curated models (`KNOWN_MODELS`) with the state of their weights, and every `wb:` model (its registering modules
+    imported first) with the committed checkpoints of its architecture."""
     wdir = Path(weights_dir) if weights_dir is not None else Path(load_settings().weights_dir)
-    rows = list(KNOWN_MODELS) + [(m.name, m.description) for m in registered_models().values()]
+    _import_all_registering()
+    committed = committed_checkpoints(checkpoints_dir)
     out = []
-    for name, desc in rows:
+    for name, desc in KNOWN_MODELS:
         spec = parse_model_name(name)
         dest, found = expected_weights_path(spec, wdir), find_weights(spec, wdir)
         src = weights_source(spec)
         out.append(ModelInfo(spec.name, spec.source, desc, found is not None, found or dest.with_suffix(src.suffix()), src.describe(dest)))
+    for m in registered_models().values():
+        files = tuple(committed.get(m.name, []))
+        ckdir = Path(checkpoints_dir) if checkpoints_dir is not None else project_root() / CHECKPOINTS
+        obtain = m.obtain or "train it with the workbench notebook that defines it (publish=True writes checkpoints/)"
+        out.append(ModelInfo(m.name, "wb", m.description, bool(files), files[0] if files else ckdir, obtain, files))
     return out
 
 def format_models(infos: list[ModelInfo]) -> str:
-    "A plain-text table of `known_models()` for the terminal."
+    "A plain-text table of `known_models()` for the terminal: each model, whether its weights are here, and its files or how to get them."
     w = max((len(i.name) for i in infos), default=4)
     lines = [f"{'name':<{w}}  weights  description"]
     for i in infos:
         lines.append(f"{i.name:<{w}}  {'present' if i.weights_present else 'missing':<7}  {i.description}")
-        lines.append(f"{'':<{w}}           {i.expected_path}")
+        for f in (i.files or (i.expected_path,)):
+            lines.append(f"{'':<{w}}           {f}")
+        if not i.weights_present: lines.append(f"{'':<{w}}           to obtain: {i.obtain}")
     return "\n".join(lines)
