@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..core import InputError, atomic_write_bytes, get_logger, progress, torch_generator
 from ..data.samples import MaskSet
@@ -22,9 +23,9 @@ from ..models.hooks import Trace
 log = get_logger("neurons")
 
 # %% auto #0
-__all__ = ['log', 'VARIANTS', 'UnitStats', 'generator_fingerprint', 'unit_statistics', 'activation_masks', 'unit_maps',
-           'unit_masks', 'UnitScores', 'score_units', 'NeuronDetector', 'QuantileChoice', 'choose_quantile',
-           'pseudo_label_set']
+__all__ = ['log', 'STATS_VERSION', 'VARIANTS', 'UnitStats', 'generator_fingerprint', 'upsampled_samples', 'unit_statistics',
+           'activation_masks', 'unit_maps', 'unit_masks', 'UnitScores', 'score_units', 'NeuronDetector',
+           'QuantileChoice', 'choose_quantile', 'pseudo_label_set']
 
 # %% ../../nbs/30_neurons.ipynb #0b0cf672
 @dataclass
@@ -82,10 +83,26 @@ def generator_fingerprint(gen: GeneratorAdapter) -> str:
     h.update(repr(sorted((k, v) for k, v in vars(gen).items() if isinstance(v, (int, float, str, type(None))))).encode())
     return h.hexdigest()[:16]
 
+STATS_VERSION = "quantiles-of-upsampled-maps"   # part of the cache key: statistics of older code are not reused
+
+def upsampled_samples(acts: torch.Tensor, size: int, n: int, g: torch.Generator) -> torch.Tensor:
+    """(C, n): each channel of `acts` (B, C, h, w) read at the same n random pixels of the maps upsampled to size × size the
+    way masks are (`SaliencyMaps.upsampled`: bilinear, align_corners=False), without building the upsampled maps."""
+    B, C, h, w = acts.shape
+    b = torch.randint(B, (n,), generator=g)
+    y = torch.randint(size, (n,), generator=g); x = torch.randint(size, (n,), generator=g)
+    if (h, w) == (size, size): return acts[b.to(acts.device), :, y.to(acts.device), x.to(acts.device)].T
+    # pixel centres in grid_sample's [-1, 1] coordinates; border padding is interpolate's clamping at the edges
+    grid = torch.stack([(x + 0.5) / size * 2 - 1, (y + 0.5) / size * 2 - 1], -1).to(acts.device, acts.dtype)
+    vals = F.grid_sample(acts, grid[None, None].expand(B, 1, n, 2), mode="bilinear", padding_mode="border", align_corners=False)
+    return vals[b.to(acts.device), :, 0, torch.arange(n, device=acts.device)].T
+
 def unit_statistics(gen: GeneratorAdapter, seeds, layers: Sequence[str] | None = None, k: int = 16,
                     q_levels: Sequence[float] = (0.9, 0.95, 0.98, 0.99, 0.995), batch_size: int = 32,
                     sample_per_batch: int = 256, sample_seed: int = 0, cache_dir: Path | str | None = None) -> UnitStats:
-    "Quantiles and top-K seeds of every unit of `layers` (default: conv layers ≥ 16×16) over the generator's images for `seeds`."
+    """Quantiles and top-K seeds of every unit of `layers` (default: conv layers ≥ 16×16) over the generator's images for
+    `seeds`. Quantiles are of the activations upsampled to the image resolution (as in GAN dissection), the resolution at
+    which masks are cut, so a unit's 0.99 threshold leaves about 1% of the pixels of its maps above it."""
     seeds = as_seeds(seeds)
     if len(seeds) < k: raise InputError(f"{len(seeds)} seeds for top-{k}: need at least k seeds")
     infos = gen.conv_layers(16) if layers is None else [next((l for l in gen.layers() if l.name == n), None) or
@@ -94,7 +111,7 @@ def unit_statistics(gen: GeneratorAdapter, seeds, layers: Sequence[str] | None =
         if isinstance(i, InputError):
             raise InputError(f"{i}; valid: {', '.join(l.name for l in gen.layers())}")
     key = hashlib.sha256(json.dumps([generator_fingerprint(gen), seeds, [l.name for l in infos], k, list(q_levels),
-                                     batch_size, sample_per_batch, sample_seed]).encode()).hexdigest()[:16]
+                                     batch_size, sample_per_batch, sample_seed, STATS_VERSION]).encode()).hexdigest()[:16]
     if cache_dir is not None:
         cached = Path(cache_dir) / f"unit_stats_{key}.safetensors"
         if cached.exists():
@@ -118,8 +135,7 @@ def unit_statistics(gen: GeneratorAdapter, seeds, layers: Sequence[str] | None =
             cand_s = s.expand(C, B) if top_s[n] is None else torch.cat([top_s[n], s.expand(C, B)], 1)
             v, idx = cand_v.topk(min(k, cand_v.shape[1]), dim=1)
             top_v[n], top_s[n] = v, cand_s.gather(1, idx)
-            pos = torch.randint(B * H * W, (sample_per_batch,), generator=g).to(dev)
-            pools[n].append(a.permute(1, 0, 2, 3).reshape(C, -1)[:, pos])
+            pools[n].append(upsampled_samples(a, gen.resolution, sample_per_batch, g))
     ql = torch.tensor(list(q_levels), dtype=torch.float32)
     quant = {n: torch.quantile(torch.cat(pools[n], 1).float(), ql.to(dev), dim=1).T.cpu() for n in names}
     stats = UnitStats(infos, ql, quant, {n: top_v[n].cpu() for n in names}, {n: top_s[n].cpu() for n in names},
@@ -129,7 +145,7 @@ def unit_statistics(gen: GeneratorAdapter, seeds, layers: Sequence[str] | None =
 
 # %% ../../nbs/30_neurons.ipynb #c5310be3
 def activation_masks(acts: torch.Tensor, thresholds: torch.Tensor, size: int) -> torch.Tensor:
-    "Binary masks (B, C, size, size): activations (B, C, h, w) as `SaliencyMaps`, upsampled and cut at per-channel thresholds (C,) by the 'value' rule."
+    "Binary masks (B, C, size, size): activations (B, C, h, w) as `SaliencyMaps`, upsampled and cut at per-channel thresholds (C,), or per-map thresholds (B, C), by the 'value' rule."
     return SaliencyMaps(acts, (size, size), method="generator-unit").masks("value", thresholds)
 
 def unit_maps(gen: GeneratorAdapter, stats: UnitStats, layer: str, units: Sequence[int] | int, seeds,
@@ -160,18 +176,35 @@ class UnitScores:
     scores: dict[str, torch.Tensor]
     per_image: dict[str, torch.Tensor] = field(default_factory=dict)   # layer -> (C, K, P)
     q: float = 0.99
+    empty: dict[str, torch.Tensor] = field(default_factory=dict)       # layer -> (C,) bool: mask empty on all top-K images
+
+    def excluded(self) -> list[tuple[str, int, str]]:
+        "(layer, unit, reason) of the units left out of rankings: their mask is empty on every one of their top-K images."
+        K = {l: v.shape[1] for l, v in self.per_image.items()}
+        return [(l, int(u), f"mask empty on all {K.get(l, '?')} of its top-K images at q={self.q:g}")
+                for l, e in self.empty.items() for u in e.nonzero().flatten().tolist()]
+
+    def _kept(self, layer: str, s: torch.Tensor) -> torch.Tensor:
+        e = self.empty.get(layer)
+        return torch.ones(len(s), dtype=torch.bool) if e is None else ~e
 
     def ranking(self, prompt: str, layer: str | None = None, top: int | None = None) -> list[tuple[str, int, float]]:
-        "(layer, unit, score) sorted by score for `prompt`, over one layer or all."
+        "(layer, unit, score) sorted by score for `prompt`, over one layer or all; units in `excluded()` are left out."
         p = self._p(prompt)
-        rows = [(l, u, s[u, p].item()) for l, s in self.scores.items() if layer in (None, l) for u in range(len(s))]
+        rows = [(l, u, s[u, p].item()) for l, s in self.scores.items() if layer in (None, l)
+                for u in self._kept(l, s).nonzero().flatten().tolist()]
         rows.sort(key=lambda r: -r[2])
         return rows[:top] if top else rows
 
     def best_per_layer(self, prompt: str) -> list[tuple[str, int, float]]:
-        "The best unit of each layer for `prompt`: (layer, unit, score)."
-        p = self._p(prompt)
-        return [(l, int(s[:, p].argmax()), s[:, p].max().item()) for l, s in self.scores.items()]
+        "The best unit of each layer for `prompt`: (layer, unit, score), among units not `excluded()` (a layer with none is skipped)."
+        p, out = self._p(prompt), []
+        for l, s in self.scores.items():
+            keep = self._kept(l, s)
+            if not keep.any(): continue
+            v = s[:, p].masked_fill(~keep, float("-inf"))
+            out.append((l, int(v.argmax()), v.max().item()))
+        return out
 
     def extend(self, other: "UnitScores") -> "UnitScores":
         "These scores and `other`'s (the same layers and quantile, other prompts) as one `UnitScores` with the prompts of both."
@@ -179,7 +212,8 @@ class UnitScores:
             raise InputError("UnitScores.extend: the scores must cover the same layers at the same quantile")
         if dup := [p for p in other.prompts if p in self.prompts]: raise InputError(f"UnitScores.extend: prompt(s) {dup} scored twice")
         return UnitScores(self.prompts + other.prompts, {l: torch.cat([s, other.scores[l]], 1) for l, s in self.scores.items()},
-                          {l: torch.cat([s, other.per_image[l]], 2) for l, s in self.per_image.items() if l in other.per_image}, self.q)
+                          {l: torch.cat([s, other.per_image[l]], 2) for l, s in self.per_image.items() if l in other.per_image}, self.q,
+                          self.empty or other.empty)
 
     def _p(self, prompt):
         if prompt not in self.prompts: raise InputError(f"prompt {prompt!r} was not scored; scored prompts: {self.prompts}")
@@ -190,13 +224,14 @@ def score_units(gen: GeneratorAdapter, stats: UnitStats, scorer, prompts: Sequen
     "Score every unit of `layers` against `prompts` with CLIP on its masked top-K images."
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     layers = [l.name for l in stats.layers] if layers is None else list(layers)
-    out, per = {}, {}
+    out, per, empty = {}, {}, {}
     for layer in progress(layers, desc="CLIP scoring layers"):
         seeds = stats.topk_seeds[layer][:, :k] if k else stats.topk_seeds[layer]        # (C, K)
         C, K = seeds.shape
         uniq, inv = torch.unique(seeds.flatten(), return_inverse=True)
         th = stats.threshold(layer, q=q)
         sims = torch.empty(C * K, len(prompts))
+        nonempty = torch.zeros(C * K, dtype=torch.bool)
         flat_units = torch.arange(C).repeat_interleave(K)
         with torch.no_grad(), Trace(gen.module, [layer]) as tr:
             for i in range(0, len(uniq), batch_size):
@@ -207,11 +242,14 @@ def score_units(gen: GeneratorAdapter, stats: UnitStats, scorer, prompts: Sequen
                 sel = ((inv >= i) & (inv < i + len(chunk))).nonzero().squeeze(1)
                 loc = inv[sel] - i
                 u = flat_units[sel]
-                m = activation_masks(acts[loc.to(acts.device), u.to(acts.device)][:, None], th[u], x.shape[-1])[:, 0]
+                # one map per (unit, image) pair, each cut at its own unit's threshold: thresholds (n, 1) for maps (n, 1, h, w)
+                m = activation_masks(acts[loc.to(acts.device), u.to(acts.device)][:, None], th[u][:, None], x.shape[-1])[:, 0]
                 sims[sel] = scorer.masked_similarity(img[loc.to(img.device)], m[:, None].to(img.device), prompts).float().cpu()
+                nonempty[sel] = m.flatten(1).any(1).cpu()
         per[layer] = sims.reshape(C, K, len(prompts))
         out[layer] = per[layer].mean(1)
-    return UnitScores(prompts, out, per, q)
+        empty[layer] = ~nonempty.reshape(C, K).any(1)
+    return UnitScores(prompts, out, per, q, empty)
 
 # %% ../../nbs/30_neurons.ipynb #9116ef20
 @dataclass

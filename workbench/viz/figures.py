@@ -31,11 +31,11 @@ from ..models.vits import input_config
 from ..train.loop import TrainHistory
 
 # %% auto #0
-__all__ = ['KEPT_COLOR', 'REMOVED_COLOR', 'HIT_COLOR', 'MISS_COLOR', 'figure_png', 'draw_box', 'overlay_grid', 'saliency_grid',
-           'plot_samples', 'sample_grid', 'plot_similarity_histograms', 'plot_table1', 'plot_cka', 'plot_cka_grid',
-           'plot_attention_grid', 'plot_distance_scatter', 'plot_by_layer', 'plot_keypoint_pair', 'head_label',
-           'query_label', 'plot_query_map', 'plot_aaam', 'plot_head_distances', 'plot_cls_attention', 'plot_histories',
-           'plot_mining', 'plot_running_quality']
+__all__ = ['KEPT_COLOR', 'REMOVED_COLOR', 'HIT_COLOR', 'MISS_COLOR', 'figure_png', 'draw_box', 'overlay_grid', 'soft_target_grid',
+           'saliency_grid', 'plot_samples', 'sample_grid', 'plot_similarity_histograms', 'plot_table1', 'plot_cka',
+           'plot_cka_grid', 'plot_attention_grid', 'plot_distance_scatter', 'plot_by_layer', 'plot_keypoint_pair',
+           'head_label', 'query_label', 'plot_query_map', 'plot_aaam', 'plot_head_distances', 'plot_cls_attention',
+           'plot_histories', 'plot_mining', 'plot_running_quality']
 
 # %% ../../nbs/70_figures.ipynb #838258ab
 def figure_png(fig, dpi: int = 90) -> bytes:
@@ -66,6 +66,24 @@ def overlay_grid(images: torch.Tensor, masks: torch.Tensor | None = None, titles
         if masks is not None and m.any() and m.min() < 1: ax.contour(m, levels=[0.5], colors=[color], linewidths=0.8)
         for b in (torch.as_tensor(boxes[i]).reshape(-1, 4) if boxes is not None else ()): draw_box(ax, b, box_color, lw=1.0)
         if titles: ax.set_title(titles[i], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+def soft_target_grid(images: torch.Tensor, targets: torch.Tensor, titles=None, ncols: int = 8, cmap: str = "inferno"):
+    """Two rows per group of images (N, 3, H, W): each image with its hard mask (target >= 0.5) outlined, and below it the
+    soft target (N, H, W) in [0, 1] itself as a heatmap on a fixed 0–1 scale, so plain and smoothed targets look different."""
+    import matplotlib.pyplot as plt
+    n = len(images); ncols = max(1, min(ncols, n)); groups = max(1, -(-n // ncols))
+    fig, axs = plt.subplots(2 * groups, ncols, figsize=(1.5 * ncols, 3.1 * groups), squeeze=False)
+    for ax in axs.flat: ax.axis("off")
+    for i in range(n):
+        top, bottom = axs[2 * (i // ncols), i % ncols], axs[2 * (i // ncols) + 1, i % ncols]
+        t = targets[i].float().numpy()
+        top.imshow(unit_float(images[i]).permute(1, 2, 0).numpy().clip(0, 1))
+        if (t >= 0.5).any() and (t < 0.5).any(): top.contour(t >= 0.5, levels=[0.5], colors=["red"], linewidths=0.8)
+        bottom.imshow(t, cmap=cmap, vmin=0, vmax=1)
+        bottom.set_title(f"target {t.min():.2f}–{t.max():.2f}", fontsize=6)
+        if titles: top.set_title(titles[i], fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -12,7 +12,7 @@ from ...methods.neurons import UnitScores, UnitStats, score_units, unit_masks
 from ...models.generators import GeneratorAdapter
 from ...models.transforms import unit_float
 from .base import Browser
-from ..figures import figure_png, overlay_grid
+from ..figures import figure_png, overlay_grid, soft_target_grid
 
 # %% auto #0
 __all__ = ['NeuronBrowser']
@@ -68,7 +68,9 @@ class NeuronBrowser(Browser):
         "Rank the units of every layer for the prompt in the text box (scored with CLIP if not scored yet)."
         with self.out:
             p = self.prompt.value.strip()
-            if not p: return
+            if not p:
+                self.info.value = "the prompt is empty: type the object to rank units for (e.g. an aerial photograph of airplanes)"
+                return
             if self.scores is None or p not in self.scores.prompts:
                 if self.scorer is None:
                     self.info.value = f"<b>{p!r}</b> was not scored and no CLIP scorer was given"; return
@@ -76,6 +78,10 @@ class NeuronBrowser(Browser):
                 self.scores = new if self.scores is None else self.scores.extend(new)
             rows = self.scores.ranking(p, top=30)
             self.ranking.options = [(f"{s:+.3f}  {l} #{u}", (l, u)) for l, u, s in rows]
+            ex = self.scores.excluded()
+            if ex: self.info.value = (f"{len(ex)} unit(s) left out of the ranking: " +
+                                      "; ".join(f"{l} #{u}" for l, u, _ in ex[:6]) + (" …" if len(ex) > 6 else "") +
+                                      f" ({ex[0][2]})")
 
     def render(self):
         "Redraw the image panel and the info table for the current state."
@@ -103,6 +109,6 @@ class NeuronBrowser(Browser):
         i = self.sample.value
         sl = slice(i, i + 8)
         imgs, tg = unit_float(pl.images[sl]), pl.targets[sl, 0]
-        self.image.value = figure_png(overlay_grid(imgs, tg > 0.5, [f"seed {s}" for s in pl.ids[sl]]))
+        self.image.value = figure_png(soft_target_grid(imgs, tg, [f"seed {s}" for s in pl.ids[sl]]))
         self.info.value = f"<b>{pl.meta.get('variant', self.variant.value)}</b>: {len(pl)} images; " + ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in pl.meta.items() if k != "variant")
