@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workbench: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        from workbench.runs import Terminated
-        sig = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        from workbench.runs import signal_name
+        sig = signal_name(e)
         print(f"workbench: interrupted by {sig}; what ran is kept in the run folder (status.json: interrupted)", file=sys.stderr)
         return 143 if sig == "SIGTERM" else 130
     except WorkbenchError as e:

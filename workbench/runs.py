@@ -11,6 +11,7 @@ import io
 import json
 import os
 import platform
+import re as _re
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ log = get_logger("runs")
 # %% auto #0
 __all__ = ['log', 'Run', 'start_run', 'nbs_dir', 'NotebookInfo', 'notebook_info', 'list_notebooks', 'find_notebook',
            'parse_value', 'expected_types', 'value_range', 'check_params', 'git_commit', 'environment', 'RunFailed',
-           'new_run_dir', 'prepare_run_dir', 'Terminated', 'run_notebook', 'list_runs']
+           'new_run_dir', 'prepare_run_dir', 'Terminated', 'signal_name', 'run_notebook', 'list_runs']
 
 # %% ../nbs/01_runs.ipynb #55bad600
 @dataclass
@@ -147,8 +148,6 @@ def find_notebook(name: str, folder: Path | None = None) -> NotebookInfo:
     raise InputError(f"unknown notebook {name!r}; valid: {valid}")
 
 # %% ../nbs/01_runs.ipynb #f9ea9051
-import re as _re
-
 def parse_value(text: str, default_type: str | None = None):
     "Turn command-line text into a Python value (int, float, bool, None, JSON list/dict, else str)."
     if default_type == "str": return text
@@ -292,7 +291,7 @@ def _terminate_as_interrupt():
     old = signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, old)
 
-def _signal_name(e: BaseException) -> str: return "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+def signal_name(e: BaseException) -> str: return "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
 
 def _render_report(nb_path: Path, out: Path) -> None:
     try:
@@ -339,7 +338,7 @@ def run_notebook(name: str, profile: str | None = None, params: dict | None = No
                       exec_count=e.exec_count, cell_source=e.source[-2000:])
     except KeyboardInterrupt as e:
         interrupted = e
-        status.update(status="interrupted", error=f"interrupted by {_signal_name(e)}")
+        status.update(status="interrupted", error=f"interrupted by {signal_name(e)}")
     except Exception as e:
         status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
     finally:

@@ -669,16 +669,16 @@ def known_models(weights_dir: Path | str | None = None, checkpoints_dir: Path | 
     imported first) with the committed checkpoints of its architecture."""
     wdir = Path(weights_dir) if weights_dir is not None else Path(load_settings().weights_dir)
     _import_all_registering()
-    committed = committed_checkpoints(checkpoints_dir)
     out = []
     for name, desc in KNOWN_MODELS:
         spec = parse_model_name(name)
         dest, found = expected_weights_path(spec, wdir), find_weights(spec, wdir)
         src = weights_source(spec)
         out.append(ModelInfo(spec.name, spec.source, desc, found is not None, found or dest.with_suffix(src.suffix()), src.describe(dest)))
+    ckdir = Path(checkpoints_dir) if checkpoints_dir is not None else project_root() / CHECKPOINTS
+    committed = committed_checkpoints(ckdir)
     for m in registered_models().values():
         files = tuple(committed.get(m.name, []))
-        ckdir = Path(checkpoints_dir) if checkpoints_dir is not None else project_root() / CHECKPOINTS
         obtain = m.obtain or "train it with the workbench notebook that defines it (publish=True writes checkpoints/)"
         out.append(ModelInfo(m.name, "wb", m.description, bool(files), files[0] if files else ckdir, obtain, files))
     return out
