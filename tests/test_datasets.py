@@ -189,6 +189,17 @@ def test_open_dataset_missing_folder_names_it(tmp_path):
         open_dataset("davis2017", root=tmp_path)
 
 
+def test_dry_run_stands_in_a_missing_dataset_with_its_example_tree(tmp_path, monkeypatch):
+    "Only in a dry run does a missing dataset open, from its format's example tree in the run folder; the real root is untouched."
+    monkeypatch.setenv("WORKBENCH_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("WORKBENCH_DRY_RUN", "1")
+    ds = open_dataset("imagenet_val", root=tmp_path / "data")
+    assert len(ds) > 0 and ds.name == "imagenet_val" and ds[0].image.ndim == 3
+    assert (tmp_path / "run" / "dry_run_data").is_dir() and not (tmp_path / "data").exists()
+    monkeypatch.setenv("WORKBENCH_DRY_RUN", "0")
+    with pytest.raises(DatasetError, match="dataset folder not found"): open_dataset("imagenet_val", root=tmp_path / "data")
+
+
 # ---------------------------------------------------------------- every format through its manifest
 
 @pytest.mark.parametrize("name", ALL)

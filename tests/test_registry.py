@@ -133,6 +133,16 @@ def test_missing_timm_weights_error(offline_settings, monkeypatch):
     assert not offline_settings.exists()
 
 
+def test_dry_run_builds_random_weights_when_pretrained_are_missing(offline_settings, monkeypatch):
+    "Only a dry run (`workbench run --dry-run`) falls back to random weights; a normal load stays an error."
+    monkeypatch.setenv("WORKBENCH_DRY_RUN", "1")
+    lm = load_model("timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k")
+    assert lm.weights is None and lm.spec.tag == "augreg_in21k_ft_in1k"
+    assert next(lm.model.parameters()).device.type == "cpu"
+    monkeypatch.setenv("WORKBENCH_DRY_RUN", "0")
+    with pytest.raises(WeightsMissingError): load_model("timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k")
+
+
 def test_missing_clip_weights_error(offline_settings):
     with pytest.raises(WeightsMissingError) as ei: load_model("clip:ViT-B-32@laion2b_s34b_b79k")
     msg = str(ei.value)
@@ -444,3 +454,17 @@ def test_models_command_lists_wb_models_with_their_committed_files(capsys):
     assert "aerial_gan.safetensors" in out and "object_vit_dino.safetensors" in out
     infos = {i.name: i for i in known_models()}
     assert infos["wb:aerial-gan"].weights_present and infos["wb:aerial-gan"].files
+
+
+def test_models_command_lists_the_demo_segmentation_encoder(capsys, offline_settings):
+    "The encoder the demo's pretrained column needs is listed with the file it belongs in and the URL that provides it; found once there."
+    from workbench.cli import main
+    from workbench.methods.distill import encoder_model_infos, encoder_weights_path
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("smp:resnet18.imagenet"))
+    assert "missing" in line and "pretrained-encoder column" in line
+    assert str(encoder_weights_path("resnet18", "imagenet")) in out and "resnet18-f37072fd.pth" in out
+    p = encoder_weights_path("resnet18", "imagenet"); p.parent.mkdir(parents=True); p.write_bytes(b"x")
+    info = next(i for i in encoder_model_infos() if i.name == "smp:resnet18.imagenet")
+    assert info.weights_present and info.expected_path == p

@@ -194,3 +194,33 @@ def test_runs_lists_folders_and_marks_stale_ones(nbs, tmp_path, capsys, monkeypa
     gone = next(line for line in lines if line.endswith("gone"))
     assert good.split()[:3] == ["ok", "07_demo", "smoke"] and "n=2" in good
     assert gone.split()[:3] == ["stale", "07_demo", "full"]
+
+
+def test_dry_run_clamps_the_full_profile_and_says_so_everywhere(nbs, tmp_path, capsys):
+    "`--dry-run` runs the full profile's code path with counts clamped; folder, status, params and `workbench runs` say so, and its metrics sit under `dry_run_metrics`."
+    runs = tmp_path / "runs_dry"
+    out = runs / "d"
+    assert main(["run", "demo", "--profile", "full", "--dry-run", "--out", str(out), "-q"]) == 0
+    assert "dry run ok" in capsys.readouterr().out
+    st, params = (json.loads((out / f).read_text()) for f in ("status.json", "params.json"))
+    assert st["status"] == "ok" and st["dry_run"] is True and params["dry_run"] is True
+    m = json.loads((out / "metrics.json").read_text())
+    # the full profile's n = 1000 is clamped to a handful; nothing is left at the top level to be read as a result
+    assert m == {"dry_run": True, "note": m["note"], "dry_run_metrics": {"n": 8, "name": "planes", "profile": "full"}}
+    assert "not results" in m["note"]
+    capsys.readouterr()
+    assert main(["runs", str(runs)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.endswith("/d"))
+    assert row.split()[:4] == ["ok", "07_demo", "full", "(dry-run)"] and "not results" in row
+    # a plain run of the same notebook is not clamped (the environment variable does not leak out of the dry run)
+    assert main(["run", "demo", "--profile", "full", "--out", str(tmp_path / "real"), "-q"]) == 0
+    assert json.loads((tmp_path / "real" / "metrics.json").read_text())["n"] == 1000
+
+
+def test_dry_run_never_publishes(nbs, tmp_path, capsys):
+    nb = nbs / "07_demo.ipynb"
+    nb.write_text(nb.read_text().replace('name = \\"planes\\"\\n', 'name = \\"planes\\"\\npublish = False\\n'))
+    assert "publish" in find_notebook("demo").params
+    assert main(["run", "demo", "--dry-run", "-p", "publish", "true", "--out", str(tmp_path / "p"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "a dry run never publishes" in err and not (tmp_path / "p").exists()

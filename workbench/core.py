@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -20,11 +21,11 @@ from typing import Any, ClassVar, Iterable, Mapping
 import numpy as np
 
 # %% auto #0
-__all__ = ['SECTION', 'SETTING_SPECS', 'WorkbenchError', 'InputError', 'one_of', 'fraction', 'SettingSpec',
-           'project_settings_file', 'source_root', 'project_root', 'user_settings_file', 'Settings', 'load_settings',
-           'get_logger', 'setup_logging', 'progress', 'get_device', 'seed_everything', 'torch_generator', 'seeded',
-           'torch_threads', 'Config', 'resolve_profile', 'ProfileConfig', 'atomic_write_bytes', 'write_json',
-           'read_json']
+__all__ = ['SECTION', 'SETTING_SPECS', 'DRY_RUN_ENV', 'DRY_RUN_CAPS', 'DRY_RUN_AXES', 'WorkbenchError', 'InputError', 'one_of',
+           'fraction', 'SettingSpec', 'project_settings_file', 'source_root', 'project_root', 'user_settings_file',
+           'Settings', 'load_settings', 'get_logger', 'setup_logging', 'progress', 'is_dry_run', 'get_device',
+           'seed_everything', 'torch_generator', 'seeded', 'torch_threads', 'Config', 'dry_run_value', 'dry_run_clamp',
+           'resolve_profile', 'ProfileConfig', 'atomic_write_bytes', 'write_json', 'read_json']
 
 # %% ../nbs/00_core.ipynb #1c340b61
 class WorkbenchError(Exception):
@@ -212,10 +213,17 @@ def progress(iterable=None, desc: str | None = None, total: int | None = None, *
     return tqdm(iterable, desc=desc, total=total, **kw)
 
 # %% ../nbs/00_core.ipynb #d61edf84
+DRY_RUN_ENV = "WORKBENCH_DRY_RUN"
+
+def is_dry_run() -> bool:
+    "True inside a `workbench run --dry-run` (the environment variable WORKBENCH_DRY_RUN is set): sizes are clamped, CPU only, nothing published."
+    return os.environ.get(DRY_RUN_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
 def get_device(device=None):
     "The torch device for `device` (a torch.device, or auto|cpu|cuda; default: the `device` setting). Asking for cuda without one is an error."
     import torch
     if isinstance(device, torch.device): return device
+    if is_dry_run(): return torch.device("cpu")     # a dry run is a CPU check of the code path, whatever was asked
     device = device or load_settings().device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {device!r} asked for, but CUDA is not available here; valid: auto, cpu")
@@ -259,12 +267,43 @@ class Config(dict):
         try: return self[k]
         except KeyError: raise AttributeError(k) from None
 
+# (name pattern, largest value) for a dry run: optimisation steps and epochs to one or two, every count to a handful
+DRY_RUN_CAPS = [
+    (re.compile(r"^(epochs|\w+_epochs|epochs_\w+)$"), 1),
+    (re.compile(r"^(steps|\w+_steps|steps_\w+|iterations|\w+_iters)$"), 2),
+    (re.compile(r"^(\w+_every)$"), 1),
+    (re.compile(r"^(batch_size|\w+_batch_size|\w+_batch|batch)$"), 4),
+    (re.compile(r"^(topk|top_k)$"), 4),
+    (re.compile(r"^(n|n_\w+|\w+_per_set|pool_size)$"), 8),
+]
+
+# repetition axes of an experiment, cut to their first entries in a dry run (the axes that are code paths, such as
+# variants, towers, supervisions, models and datasets, keep every entry)
+DRY_RUN_AXES = dict(categories=1, diversities=2, thresholds=2, temperatures=2, sparsities=1, vit_depths=1, resnet_layers=1)
+
+def dry_run_value(name: str, v):
+    """`v` as a dry run uses it: counts named like steps, epochs, batch sizes, `n_*`, `*_every` capped (dict values too),
+    the repetition axes of `DRY_RUN_AXES` cut to their first entries, `publish` off, `device` cpu."""
+    if name == "publish": return False
+    if name == "device" and isinstance(v, str): return "cpu"
+    if name in DRY_RUN_AXES and isinstance(v, (list, tuple)): return type(v)(v[:DRY_RUN_AXES[name]])
+    if isinstance(v, Mapping): return {k: dry_run_value(name, x) for k, x in v.items()}
+    if isinstance(v, bool) or not isinstance(v, int): return v
+    for pat, cap in DRY_RUN_CAPS:
+        if pat.match(name): return min(v, cap)
+    return v
+
+def dry_run_clamp(values: Mapping) -> dict:
+    "`values` (a profile's parameters) with `dry_run_value` applied to each."
+    return {k: dry_run_value(k, v) for k, v in values.items()}
+
 def resolve_profile(profile: str, profiles: Mapping[str, Mapping], **given) -> Config:
-    "The profile's values, overridden by every `given` value that is not None; `profile` is recorded too."
+    "The profile's values, overridden by every `given` value that is not None; `profile` is recorded too. In a dry run, counts are clamped (`dry_run_clamp`)."
     one_of("profile", profile, profiles)
     cfg = Config(profiles[profile])
     for k, v in given.items():
         if v is not None or k not in cfg: cfg[k] = v
+    if is_dry_run(): cfg = Config(dry_run_clamp(cfg))
     cfg["profile"] = profile
     return cfg
 
@@ -280,7 +319,10 @@ class ProfileConfig:
         valid = [f.name for f in fields(cls)]
         unknown = [k for k in overrides if k not in valid]
         if unknown: raise InputError(f"{cls.__name__}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-        return cls(**{**cls.PROFILES[name], **{k: v for k, v in overrides.items() if v is not None}})
+        values = {**cls.PROFILES[name], **{k: v for k, v in overrides.items() if v is not None}}
+        cfg = cls(**values)
+        if not is_dry_run(): return cfg
+        return replace(cfg, **dry_run_clamp({f.name: getattr(cfg, f.name) for f in fields(cfg) if f.init}))
 
     def replace(self, **changes):
         "A copy with `changes` applied (checked like a new config)."

@@ -28,9 +28,9 @@ from .core import (InputError, WorkbenchError, atomic_write_bytes, get_logger, l
 log = get_logger("runs")
 
 # %% auto #0
-__all__ = ['log', 'Run', 'start_run', 'nbs_dir', 'NotebookInfo', 'notebook_info', 'list_notebooks', 'find_notebook',
-           'parse_value', 'expected_types', 'value_range', 'check_params', 'git_commit', 'environment', 'RunFailed',
-           'new_run_dir', 'prepare_run_dir', 'Terminated', 'signal_name', 'run_notebook', 'list_runs']
+__all__ = ['log', 'DRY_RUN_NOTE', 'Run', 'start_run', 'nbs_dir', 'NotebookInfo', 'notebook_info', 'list_notebooks',
+           'find_notebook', 'parse_value', 'expected_types', 'value_range', 'check_params', 'git_commit', 'environment',
+           'RunFailed', 'new_run_dir', 'prepare_run_dir', 'Terminated', 'signal_name', 'run_notebook', 'list_runs']
 
 # %% ../nbs/01_runs.ipynb #55bad600
 @dataclass
@@ -255,13 +255,13 @@ class RunFailed(WorkbenchError):
 
 def _now() -> str: return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
-def new_run_dir(info: NotebookInfo, profile: str) -> Path:
-    "A fresh folder runs_dir/<date-time>-<notebook>-<profile>."
+def new_run_dir(info: NotebookInfo, profile: str, dry_run: bool = False) -> Path:
+    "A fresh folder runs_dir/<date-time>-<notebook>-<profile>[-dry-run]."
     base = load_settings().runs_dir
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    d = base / f"{stamp}-{info.short_name}-{profile}"
-    k = 1
-    while d.exists(): d = base / f"{stamp}-{info.short_name}-{profile}-{k}"; k += 1
+    stem = f"{stamp}-{info.short_name}-{profile}" + ("-dry-run" if dry_run else "")
+    d, k = base / stem, 1
+    while d.exists(): d = base / f"{stem}-{k}"; k += 1
     return d
 
 def prepare_run_dir(run_dir: Path) -> None:
@@ -301,23 +301,39 @@ def _render_report(nb_path: Path, out: Path) -> None:
     except Exception as e:  # a report that cannot be rendered must not turn a good run into a failed one
         log.warning("report not rendered (%s: %s)", type(e).__name__, e)
 
+DRY_RUN_NOTE = ("dry run: the profile's code path on CPU with counts clamped to a handful, one or two optimisation steps and "
+                "random weights where pretrained ones are missing; these numbers are not results")
+
+def _seal_dry_run_metrics(run_dir: Path) -> None:
+    "Move what a dry run measured under `dry_run_metrics`, beside `dry_run: true` and the note, so nothing reads it as a result."
+    p = run_dir / "metrics.json"
+    try: m = read_json(p) if p.exists() else {}
+    except (OSError, ValueError): m = {}
+    if m.get("dry_run") is True and "dry_run_metrics" in m: return
+    write_json(p, dict(dry_run=True, note=DRY_RUN_NOTE, dry_run_metrics=m))
+
 def run_notebook(name: str, profile: str | None = None, params: dict | None = None, out: Path | None = None,
-                 log_output: bool = True, timeout: int | None = None) -> dict:
-    "Execute notebook `name` with papermill into a run folder; return status.json's content, raise RunFailed on failure."
+                 log_output: bool = True, timeout: int | None = None, dry_run: bool = False) -> dict:
+    """Execute notebook `name` with papermill into a run folder; return status.json's content, raise RunFailed on failure.
+    `dry_run`: run the profile's code path on CPU with every count clamped (`core.dry_run_clamp`) and random weights where
+    pretrained ones are missing; the folder, status and metrics say `dry_run`, and nothing is published."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     info = find_notebook(name)
     inject = check_params(info, profile, params or {})
     profile = inject.setdefault("profile", info.params["profile"]["default"].strip("'\""))
-    run_dir = Path(out) if out else new_run_dir(info, profile)
+    if dry_run and inject.get("publish"):
+        raise InputError(f"-p publish true with --dry-run for notebook {info.short_name}: a dry run never publishes; drop one of them")
+    run_dir = Path(out) if out else new_run_dir(info, profile, dry_run)
     prepare_run_dir(run_dir)
     Run(run_dir)
-    write_json(run_dir / "params.json", dict(notebook=info.name, **inject))
+    write_json(run_dir / "params.json", dict(notebook=info.name, **inject, **({"dry_run": True} if dry_run else {})))
     write_json(run_dir / "env.json", environment())
     status = dict(status="running", notebook=info.name, profile=profile, run_dir=str(run_dir.resolve()), started=_now(),
-                  pid=os.getpid(), host=platform.node())
+                  pid=os.getpid(), host=platform.node(), **({"dry_run": True} if dry_run else {}))
     write_json(run_dir / "status.json", status)
-    env_keys = dict(WORKBENCH_RUN_DIR=str(run_dir.resolve()), WORKBENCH_PROGRESS="text", PYTHONUNBUFFERED="1")
+    env_keys = dict(WORKBENCH_RUN_DIR=str(run_dir.resolve()), WORKBENCH_PROGRESS="text", PYTHONUNBUFFERED="1",
+                    WORKBENCH_DRY_RUN="1" if dry_run else "0")
     pf = project_settings_file()
     if pf: env_keys["WORKBENCH_SETTINGS_FILE"] = str(pf.resolve())
     saved = {k: os.environ.get(k) for k in [*env_keys, "MPLBACKEND"]}
@@ -348,6 +364,7 @@ def run_notebook(name: str, profile: str | None = None, params: dict | None = No
             else: os.environ[k] = v
     status.update(finished=_now(), seconds=round(time.time() - t0, 1))
     if not (run_dir / "metrics.json").exists(): write_json(run_dir / "metrics.json", {})
+    if dry_run: _seal_dry_run_metrics(run_dir)
     if nb_out.exists(): _render_report(nb_out, run_dir / "report.html")
     write_json(run_dir / "status.json", status)
     if interrupted is not None: raise interrupted
@@ -385,7 +402,9 @@ def list_runs(folder: Path | None = None) -> list[dict]:
         except (OSError, ValueError): params = {}
         try: metrics = read_json(d / "metrics.json") if (d / "metrics.json").exists() else {}
         except (OSError, ValueError): metrics = {}
+        dry = st.get("dry_run") or params.get("dry_run") or metrics.get("dry_run")
+        profile = st.get("profile", params.get("profile", "?")) + (" (dry-run)" if dry else "")
         rows.append(dict(dir=str(d), status=status, notebook=st.get("notebook", params.get("notebook", "?")),
-                         profile=st.get("profile", params.get("profile", "?")), started=st.get("started", ""),
-                         headline=_headline(metrics)))
+                         profile=profile, started=st.get("started", ""),
+                         headline="dry run: not results" if dry else _headline(metrics)))
     return rows

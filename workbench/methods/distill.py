@@ -21,7 +21,7 @@ from ..data.samples import MaskSet
 from ..eval.boxes import DEFAULT_JOIN, DEFAULT_MIN_AREA, evaluate_boxes
 from ..eval.maps import SaliencyMaps
 from ..eval.saliency import pixel_iou
-from ..models.registry import (WEIGHT_SUFFIXES, WeightsMissingError, WeightsSource, load_state_dict_strict,
+from ..models.registry import (WEIGHT_SUFFIXES, ModelInfo, WeightsMissingError, WeightsSource, load_state_dict_strict,
                                        read_checkpoint, register_model, save_checkpoint, unwrap_state_dict)
 from ..models.transforms import dihedral, flip_first, normalize, unit_float
 from ..train.loop import TrainHistory, TrainResult, cosine_schedule, use_bf16_autocast
@@ -31,8 +31,8 @@ log = get_logger("distill")
 # %% auto #0
 __all__ = ['log', 'DEFAULT_DECODER_CHANNELS', 'DEFAULT_PRIOR', 'ENCODER_WEIGHTS_SOURCES', 'THRESHOLD_GRID', 'CLIP_THRESHOLD_GRID',
            'TABLE1_ANNOTATIONS', 'TABLE1_INITS', 'THRESHOLD_RULES', 'encoder_weights_path', 'find_encoder_weights',
-           'load_encoder_weights', 'build_unet', 'unet', 'save_unet', 'augment_batch', 'dice_loss_on',
-           'train_segmenter', 'predict_probs', 'segmenter_maps', 'predict_masks', 'evaluate_segmenter',
+           'encoder_model_infos', 'load_encoder_weights', 'build_unet', 'unet', 'save_unet', 'augment_batch',
+           'dice_loss_on', 'train_segmenter', 'predict_probs', 'segmenter_maps', 'predict_masks', 'evaluate_segmenter',
            'calibrate_threshold', 'adapt_batchnorm', 'clip_threshold', 'Table1Config', 'table1_row', 'table1',
            'render_table1', 'run_table1']
 
@@ -66,6 +66,18 @@ def find_encoder_weights(encoder: str = "resnet18", weights: str = "imagenet", w
                               f"{', '.join(WEIGHT_SUFFIXES)} is accepted). The workbench never downloads them at run time. "
                               f"To obtain them: {how}. "
                               "encoder_weights=None trains the encoder from random weights.", f"smp:{encoder}.{weights}", p, src)
+
+def encoder_model_infos(weights_dir: Path | str | None = None) -> list[ModelInfo]:
+    "Rows for `workbench models`: the U-Net encoders' ImageNet weights (resnet18 is the demo's pretrained column), present or how to get them."
+    out = []
+    for enc, src in ENCODER_WEIGHTS_SOURCES.items():
+        p = encoder_weights_path(enc, "imagenet", weights_dir)
+        try: found = find_encoder_weights(enc, "imagenet", weights_dir)
+        except WeightsMissingError: found = None
+        role = "the demo's pretrained-encoder column (Table 1)" if enc == "resnet18" else "a larger U-Net encoder"
+        out.append(ModelInfo(f"smp:{enc}.imagenet", "smp", f"ImageNet {enc} for the segmentation U-Net: {role}",
+                             found is not None, found or p, src.describe(p)))
+    return out
 
 def load_encoder_weights(model: nn.Module, path: Path | str) -> None:
     "Load an ImageNet state dict (torchvision names; `fc.*` dropped) into `model.encoder`, strictly, without running code from the file."

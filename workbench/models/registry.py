@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..core import (InputError, atomic_write_bytes, get_device, get_logger, load_settings, project_root,
+from ..core import (InputError, atomic_write_bytes, get_device, get_logger, is_dry_run, load_settings, project_root,
                             write_json)
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -555,7 +555,11 @@ def load_model(name: str | Path, pretrained: bool = True, device=None, weights: 
     if weights is not None and not pretrained:
         raise InputError(f"load_model({spec.name!r}): weights={weights} given with pretrained=False; drop one of them")
     spec = resolve_spec(spec, pretrained=pretrained and weights is None)
-    path = Path(weights) if weights is not None else resolve_weights(spec) if pretrained else None
+    try: path = Path(weights) if weights is not None else resolve_weights(spec) if pretrained else None
+    except WeightsMissingError as e:
+        if not is_dry_run(): raise
+        _log.warning("%s: pretrained weights missing, random weights for this dry run (%s)", spec.name, e.expected)
+        path = None
     if path is not None and not path.is_file(): raise InputError(f"weights file {path} does not exist")
     model, preprocess, tokenizer = build_model(spec, **kwargs)
     if path is not None:
