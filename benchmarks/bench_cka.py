@@ -20,8 +20,9 @@ found through --peer-path or $WORKBENCH_CKA_PEER_PATH):
 - `pytorch_cka` 1.1.3 (`cka.compute_cka(model, model, loader)`): minibatch CKA with unbiased HSIC, vectorised over layer
   pairs, float32; clamps CKA to [0, 1].
 
-Ours runs twice: the default (Gram matrices in float64) and `gram_dtype=torch.float32` (features centered in float64,
-their product in float32, HSIC in float64). Every |ΔCKA| is against the default.
+Ours runs twice: `ours`, the float64 reference (`gram_dtype=torch.float64`: Gram matrices in float64), and `ours float32
+Grams`, the library's default since 2026-12-07 (`gram_dtype=torch.float32`: features centered in float64, their product in
+float32, HSIC in float64). Every |ΔCKA| is against the float64 reference.
 
 Timing: best and median wall time over --repeats fresh subprocesses per implementation (interleaved). Peak memory: the
 high-water mark of resident memory during the run above the resident memory before it (Linux VmHWM reset through

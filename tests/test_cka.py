@@ -63,6 +63,9 @@ def xy():
     return x, y
 
 
+F64 = torch.float64      # the reference Gram dtype (the default is float32 products): exact comparisons use it
+
+
 # ------------------------------------------------------------------ estimators
 def test_ustatistic_equals_closed_form():
     x, y = rand(7, 3, seed=4).numpy(), rand(7, 5, seed=5).numpy()
@@ -80,10 +83,10 @@ def test_linear_cka_matches_reference(unbiased, ref):
 
 def test_hsic_values_match_reference(xy):
     x, y = xy
-    a, b = gram_stack([x]), gram_stack([y])
+    a, b = gram_stack([x], gram_dtype=F64), gram_stack([y], gram_dtype=F64)
     assert float(hsic_cross(a, b)[0, 0]) == pytest.approx(hsic1_formula(x.numpy(), y.numpy()), rel=1e-10)
     assert float(hsic_self(a)[0]) == pytest.approx(hsic1_formula(x.numpy(), x.numpy()), rel=1e-10)
-    a0, b0 = gram_stack([x], unbiased=False), gram_stack([y], unbiased=False)
+    a0, b0 = gram_stack([x], unbiased=False, gram_dtype=F64), gram_stack([y], unbiased=False, gram_dtype=F64)
     assert float(hsic_cross(a0, b0, False)[0, 0]) == pytest.approx(hsic0_formula(x.numpy(), y.numpy()), rel=1e-10)
 
 
@@ -92,7 +95,7 @@ def test_self_similarity_is_one(xy, unbiased):
     x, _ = xy
     assert linear_cka(x, x, unbiased) == pytest.approx(1.0, abs=1e-12)
     assert linear_cka(x.float(), x.float(), unbiased) == pytest.approx(1.0, abs=1e-12)
-    assert minibatch_cka(x, x, 10, unbiased) == pytest.approx(1.0, abs=1e-12)
+    assert minibatch_cka(x, x, 10, unbiased, gram_dtype=F64) == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("unbiased", [True, False])
@@ -111,8 +114,8 @@ def test_large_offset_does_not_cancel(xy):
     "A common offset 10^5 times the spread (a ViT residual stream's massive activations, worse) changes nothing."
     x, y = xy
     assert linear_cka(x + 1e5 * rand(12, seed=10), y - 1e5, True) == pytest.approx(linear_cka(x, y), abs=1e-8)
-    acc = CKAAccumulator(1, 1).update([x[:20] + 1e5], [y[:20]]).update([x[20:] + 1e5], [y[20:]])
-    assert float(acc.compute()[0, 0]) == pytest.approx(minibatch_cka(x, y, 20), abs=1e-8)
+    acc = CKAAccumulator(1, 1, gram_dtype=F64).update([x[:20] + 1e5], [y[:20]]).update([x[20:] + 1e5], [y[20:]])
+    assert float(acc.compute()[0, 0]) == pytest.approx(minibatch_cka(x, y, 20, gram_dtype=F64), abs=1e-8)
 
 
 def test_gram_and_feature_routes_agree():
@@ -120,7 +123,7 @@ def test_gram_and_feature_routes_agree():
     x = rand(600, 5, seed=11)
     y = x[:, :3] @ rand(3, 4, seed=12) + rand(600, 4, seed=13)
     for unbiased in (True, False):
-        acc = CKAAccumulator(["x"], ["y"], unbiased=unbiased).update([x], [y])
+        acc = CKAAccumulator(["x"], ["y"], unbiased=unbiased, gram_dtype=F64).update([x], [y])
         assert linear_cka(x, y, unbiased) == pytest.approx(float(acc.compute()[0, 0]), abs=1e-12)
 
 
@@ -130,10 +133,10 @@ def test_accumulator_is_mean_of_batch_hsic(xy):
     x, y = xy
     bx, by = [x[i:i + 16].numpy() for i in range(0, 40, 16)], [y[i:i + 16].numpy() for i in range(0, 40, 16)]
     for unbiased, hsic in ((True, hsic1_formula), (False, hsic0_formula)):
-        acc = CKAAccumulator(1, 1, unbiased=unbiased)
+        acc = CKAAccumulator(1, 1, unbiased=unbiased, gram_dtype=F64)
         for a, b in zip(bx, by): acc.update([torch.from_numpy(a)], [torch.from_numpy(b)])
         assert float(acc.compute()[0, 0]) == pytest.approx(cka_ref(bx, by, hsic), rel=1e-10)
-        assert minibatch_cka(x, y, 16, unbiased) == pytest.approx(cka_ref(bx, by, hsic), rel=1e-10)
+        assert minibatch_cka(x, y, 16, unbiased, gram_dtype=F64) == pytest.approx(cka_ref(bx, by, hsic), rel=1e-10)
         assert (acc.n_batches, acc.n_examples) == (3, 40)
 
 
@@ -141,8 +144,8 @@ def test_all_pairs_match_one_pair_at_a_time(xy):
     x, y = xy
     side_a = [x, y, x[:, :4] ** 2, torch.sin(3 * x)]                       # widths 12, 9, 4, 12
     side_b = [y, x @ rand(12, 30, seed=14), torch.relu(y)]
-    cross = CKAAccumulator(["x", "y", "x2", "sin"], ["y", "proj", "relu"])
-    within = CKAAccumulator(len(side_a))
+    cross = CKAAccumulator(["x", "y", "x2", "sin"], ["y", "proj", "relu"], gram_dtype=F64)
+    within = CKAAccumulator(len(side_a), gram_dtype=F64)
     for i in range(0, 40, 10):
         cross.update([f[i:i + 10] for f in side_a], {"y": side_b[0][i:i + 10], "proj": side_b[1][i:i + 10],
                                                       "relu": side_b[2][i:i + 10]})
@@ -151,9 +154,9 @@ def test_all_pairs_match_one_pair_at_a_time(xy):
     assert m.shape == (4, 3) and w.shape == (4, 4) and m.dtype == torch.float64
     for i, a in enumerate(side_a):
         for j, b in enumerate(side_b):
-            assert float(m[i, j]) == pytest.approx(minibatch_cka(a, b, 10), abs=1e-12)
+            assert float(m[i, j]) == pytest.approx(minibatch_cka(a, b, 10, gram_dtype=F64), abs=1e-12)
         for j, b in enumerate(side_a):
-            assert float(w[i, j]) == pytest.approx(minibatch_cka(a, b, 10), abs=1e-12)
+            assert float(w[i, j]) == pytest.approx(minibatch_cka(a, b, 10, gram_dtype=F64), abs=1e-12)
     assert torch.equal(w, w.T) or torch.allclose(w, w.T, atol=1e-14)
     assert torch.allclose(w.diagonal(), torch.ones(4, dtype=torch.float64), atol=1e-12)
     res = cross.result("t")
@@ -161,10 +164,11 @@ def test_all_pairs_match_one_pair_at_a_time(xy):
 
 
 def test_float32_grams_after_float64_centering(xy):
-    "gram_dtype=float32 multiplies features already centered in float64: a huge offset still cancels exactly."
+    "The default gram_dtype=float32 multiplies features already centered in float64: a huge offset still cancels exactly."
     x, y = xy
     feats = [x, y, torch.tanh(x)]
-    exact, fast = CKAAccumulator(3), CKAAccumulator(3, gram_dtype=torch.float32)
+    exact, fast = CKAAccumulator(3, gram_dtype=F64), CKAAccumulator(3)
+    assert fast.gram_dtype == torch.float32 and gram_stack([x]).k.dtype == torch.float64   # float32 products, float64 storage
     for i in range(0, 40, 20):
         exact.update([f[i:i + 20] for f in feats])
         fast.update([f[i:i + 20] + 1e5 for f in feats])
@@ -214,7 +218,7 @@ def test_too_few_examples_raise(xy):
     with pytest.raises(CKAError, match="at least 4"): linear_cka(x[:3], y[:3])
     assert math.isfinite(linear_cka(x[:3], y[:3], unbiased=False))
     with pytest.raises(CKAError, match="at least 2"): linear_cka(x[:1], y[:1], unbiased=False)
-    with pytest.raises(CKAError, match="batch of 2 examples is too small"): minibatch_cka(x[:10], y[:10], 4)   # 4, 4, 2
+    with pytest.raises(CKAError, match="batch of 2 examples is too small"): minibatch_cka(x[:10], y[:10], 4, gram_dtype=F64)   # 4, 4, 2
     with pytest.raises(CKAError, match="at least 4"): CKAAccumulator(1).update([x[:3]])
 
 
@@ -337,8 +341,8 @@ def test_bench_replay_feeds_same_features():
     feats = bench.synthetic_features(40, layers=3, width=16)
     assert feats.shape == (3, 40, 16) and feats.dtype == torch.float32
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(40)), batch_size=10)
-    ours = bench.run_ours(feats, loader, torch.device("cpu"))
-    acc = CKAAccumulator(3)
+    ours = bench.run_ours(feats, loader, torch.device("cpu"))          # the benchmark's "ours": the float64 reference
+    acc = CKAAccumulator(3, gram_dtype=F64)
     for i in range(0, 40, 10): acc.update(list(feats[:, i:i + 10]))
     assert torch.equal(ours, acc.compute())
 
