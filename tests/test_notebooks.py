@@ -2,7 +2,9 @@
 
 - Library notebooks (those with `#| default_exp`) run under nbdev's test runner, so their in-notebook asserts run.
 - Runnable notebooks (those with a `parameters` cell) run through papermill in the smoke profile on CPU, exactly as
-  `workbench run` runs them, and their `metrics.json` is checked.
+  `workbench run` runs them, and their `metrics.json` is checked; their full profile runs as a dry run on CPU
+  (`workbench run NB --profile full --dry-run`: the full architectures, counts clamped, random weights where
+  pretrained ones are missing), so a broken full-profile code path fails here.
 - Where CUDA is present, the training notebooks re-run in the full profile (marker `gpu`).
 """
 import json
@@ -13,7 +15,7 @@ import sys
 import nbformat
 import pytest
 
-from conftest import NBS
+from conftest import NBS, ROOT
 from workbench.runs import list_notebooks, run_notebook
 
 RUNNABLE = {i.name: i for i in list_notebooks(NBS)}
@@ -115,6 +117,22 @@ def test_runnable_notebook_smoke(name, tmp_path):
     assert metrics, f"{name} measured nothing"
     assert name in METRIC_CHECKS, f"add a metrics check for {name} to METRIC_CHECKS"
     assert METRIC_CHECKS[name](metrics), metrics
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", sorted(RUNNABLE))
+def test_runnable_notebook_full_profile_dry_run(name, tmp_path):
+    """Every runnable notebook's full profile runs on CPU as `workbench run NB --profile full --dry-run` does: its
+    architectures, with random weights where pretrained ones are missing, example trees where datasets are, every count
+    clamped. A broken full-profile code path fails here, not on a GPU hours in. Nothing is published."""
+    ckpts = ROOT / "checkpoints"
+    before = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
+    status = run_notebook(name, profile="full", out=tmp_path / name, log_output=False, dry_run=True)
+    assert status["status"] == "ok" and status["dry_run"] is True and status["profile"] == "full"
+    m = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert m["dry_run"] is True and "not results" in m["note"] and m["dry_run_metrics"], m
+    assert set(m) == {"dry_run", "note", "dry_run_metrics"}          # nothing at the top level to be read as a result
+    assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == before
 
 
 def test_every_runnable_notebook_starts_with_profile():

@@ -1007,8 +1007,7 @@ def open_dataset(name: str, root=None, *, manifests=None, **overrides) -> Sample
 def _dry_run_stand_in(m, name: str, missing: Path, manifests) -> Path:
     "In a dry run only: a missing dataset's example tree (its real format, a few images) under the run folder, so the loader's code path runs."
     root = Path(os.environ.get("WORKBENCH_RUN_DIR") or tempfile.mkdtemp(prefix="wb-dry-run-")) / "dry_run_data"
-    ddir = m.dataset_dir(root)
-    if not ddir.is_dir(): write_example(name, root, manifests=manifests)
+    ddir = write_example(name, root, manifests=manifests)    # (datasets may share a folder: imagenet_val, imagenet50)
     log.warning("dry run: dataset %s is missing (%s); its format's example tree at %s stands in", name, missing, ddir)
     return ddir
 
