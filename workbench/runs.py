@@ -22,7 +22,7 @@ from pathlib import Path
 
 import nbformat
 
-from .core import (InputError, WorkbenchError, atomic_write_bytes, get_logger, load_settings, project_root,
+from .core import (DRY_RUN_ENV, InputError, WorkbenchError, atomic_write_bytes, get_logger, load_settings, project_root,
                             project_settings_file, read_json, source_root, write_json)
 
 log = get_logger("runs")
@@ -306,11 +306,8 @@ DRY_RUN_NOTE = ("dry run: the profile's code path on CPU with counts clamped to 
 
 def _seal_dry_run_metrics(run_dir: Path) -> None:
     "Move what a dry run measured under `dry_run_metrics`, beside `dry_run: true` and the note, so nothing reads it as a result."
-    p = run_dir / "metrics.json"
-    try: m = read_json(p) if p.exists() else {}
-    except (OSError, ValueError): m = {}
-    if m.get("dry_run") is True and "dry_run_metrics" in m: return
-    write_json(p, dict(dry_run=True, note=DRY_RUN_NOTE, dry_run_metrics=m))
+    p = run_dir / "metrics.json"          # always there: written whole by Run.log_metrics, or {} by run_notebook
+    write_json(p, dict(dry_run=True, note=DRY_RUN_NOTE, dry_run_metrics=read_json(p)))
 
 def run_notebook(name: str, profile: str | None = None, params: dict | None = None, out: Path | None = None,
                  log_output: bool = True, timeout: int | None = None, dry_run: bool = False) -> dict:
@@ -333,7 +330,7 @@ def run_notebook(name: str, profile: str | None = None, params: dict | None = No
                   pid=os.getpid(), host=platform.node(), **({"dry_run": True} if dry_run else {}))
     write_json(run_dir / "status.json", status)
     env_keys = dict(WORKBENCH_RUN_DIR=str(run_dir.resolve()), WORKBENCH_PROGRESS="text", PYTHONUNBUFFERED="1",
-                    WORKBENCH_DRY_RUN="1" if dry_run else "0")
+                    **{DRY_RUN_ENV: "1" if dry_run else "0"})
     pf = project_settings_file()
     if pf: env_keys["WORKBENCH_SETTINGS_FILE"] = str(pf.resolve())
     saved = {k: os.environ.get(k) for k in [*env_keys, "MPLBACKEND"]}

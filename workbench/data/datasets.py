@@ -1000,15 +1000,15 @@ def open_dataset(name: str, root=None, *, manifests=None, **overrides) -> Sample
     "The loader of dataset `name` on its folder under data root `root`, with the manifest's kwargs updated by `overrides`."
     m = get_manifest(name, manifests)
     ddir = m.dataset_dir(root)
-    if not ddir.is_dir() and is_dry_run(): ddir = _dry_run_stand_in(m, name, ddir, manifests)
+    if not ddir.is_dir() and is_dry_run(): ddir = _dry_run_stand_in(m, ddir, manifests)
     if not ddir.is_dir(): raise dataset_error(name, ddir, f"dataset folder not found; get it from {m.homepage} and check it with `workbench data verify {name}`")
     return LOADERS[m.loader](ddir, **{"name": m.name, **m.loader_kwargs, **overrides})
 
-def _dry_run_stand_in(m, name: str, missing: Path, manifests) -> Path:
+def _dry_run_stand_in(m: Manifest, missing: Path, manifests) -> Path:
     "In a dry run only: a missing dataset's example tree (its real format, a few images) under the run folder, so the loader's code path runs."
     root = Path(os.environ.get("WORKBENCH_RUN_DIR") or tempfile.mkdtemp(prefix="wb-dry-run-")) / "dry_run_data"
-    ddir = write_example(name, root, manifests=manifests)    # (datasets may share a folder: imagenet_val, imagenet50)
-    log.warning("dry run: dataset %s is missing (%s); its format's example tree at %s stands in", name, missing, ddir)
+    ddir = write_example(m.name, root, manifests=manifests)    # (datasets may share a folder: imagenet_val, imagenet50)
+    log.warning("dry run: dataset %s is missing (%s); its format's example tree at %s stands in", m.name, missing, ddir)
     return ddir
 
 # %% ../../nbs/12_datasets.ipynb #70754e7f
