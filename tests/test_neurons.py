@@ -61,3 +61,32 @@ def test_each_unit_is_scored_with_its_own_threshold():
     for unit in (0, 1):
         _, m = unit_masks(gen, st, "l16", [unit], st.topk_seeds["l16"][unit], q=0.99)
         assert torch.allclose(sc.per_image["l16"][unit, :, 0], m.float().mean(dim=(1, 2, 3))), unit
+
+
+def test_neuron_browser_prompt_table_stays_compact():
+    "Ten scored prompts: the info panel scrolls inside a box no taller than the ranking list, the prompt in the box first."
+    from workbench.viz.browsers.neurons import NeuronBrowser
+
+    class Quarter:
+        def masked_similarity(self, images, masks, prompts):     # each prompt: the mask's share in one quarter of the image
+            H, W = masks.shape[-2:]
+            out = []
+            for i, _ in enumerate(prompts):
+                r, c = divmod(i % 4, 2)
+                out.append(masks[:, :, r * H // 2:(r + 1) * H // 2, c * W // 2:(c + 1) * W // 2].float().mean(dim=(1, 2, 3)))
+            return torch.stack(out, 1)
+    torch.manual_seed(0)
+    gen = TorchGenerator(Spiky(), 8, layers=["l16"])
+    st = unit_statistics(gen, range(64), k=4)
+    prompts = [f"prompt {i}" for i in range(10)]
+    sc = score_units(gen, st, Quarter(), prompts, k=4)
+    b = NeuronBrowser(gen, st, sc, k=4)
+    assert (b.info.layout.max_height, b.info.layout.overflow) == ("160px", "auto")
+    assert (b.image.layout.align_self, b.image.layout.width) == ("flex-start", None)
+    assert b.info.value.count("<tr>") == 11 and "<b>prompt 0</b>" in b.info.value
+    b.prompt.value = "prompt 7"
+    rows = b.info.value.split("<tr>")[2:]
+    assert rows[0].startswith("<td><b>prompt 7</b></td>") and len(rows) == 10
+    st.quantiles["l16"][0] = 1e6                                 # unit 0: an empty mask on every top image
+    b = NeuronBrowser(gen, st, score_units(gen, st, Quarter(), prompts, k=4), k=4)
+    assert "left out of the ranking: l16 #0" in b.info.value and "threshold (q=0.99)" in b.info.value   # the note, and the unit's own info

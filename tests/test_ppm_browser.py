@@ -128,3 +128,66 @@ def test_browser_over_a_real_training_log():
     assert br.threshold.min == pytest.approx(0.2)
     assert br.quality() == evaluate_mining(mlog, ds, br.iteration.value, 0.3)
     assert br.image.value[:4] == PNG
+
+
+def many_boxes_log(ds, n=150, seed=0):
+    "A log whose first image with removed annotations has them (jittered, high objectness) and `n` random boxes down to 0.05."
+    g = torch.Generator().manual_seed(seed)
+    rm = ds.removed_boxes()
+    iid = next(i for i in rm if len(rm[i]))
+    xy = torch.randint(0, 48, (n, 2), generator=g).float()
+    noise = torch.cat([xy, xy + torch.randint(6, 16, (n, 2), generator=g)], 1)
+    log = MiningLog(tau_ppm=0.8, min_objectness=0.05)
+    log.add(10, iid, torch.cat([rm[iid], noise]), torch.cat([torch.full((len(rm[iid]),), 0.99), 0.05 + 0.9 * torch.rand(n, generator=g)]))
+    return log, iid
+
+
+def test_low_threshold_draws_a_readable_number_of_boxes(setup, monkeypatch):
+    import workbench.viz.browsers.ppm as ppm
+    from torchvision.ops import box_iou
+    ds = setup[0]
+    log, iid = many_boxes_log(ds)
+    drawn = []
+    def spy(image, kept, removed, mined, objectness, *a, labels=True, **kw):
+        drawn.append((len(mined), labels))
+        return plot_mining(image, kept, removed, mined, objectness, *a, labels=labels, **kw)
+    monkeypatch.setattr(ppm, "plot_mining", spy)
+    br = PPMBrowser.from_dataset(log, ds)
+    br.threshold.value = br.threshold.min                        # every mined box passes
+    c = br.current()
+    n = len(c["mined"])
+    assert n > 100 and drawn[-1] == (20, True) and len(c["drawn"]) == 20
+    d = c["drawn"]
+    iou = box_iou(c["mined"][d], c["mined"][d]).fill_diagonal_(0)
+    assert iou.max() <= 0.5                                      # NMS'd for drawing
+    assert c["objectness"][d].tolist() == sorted(c["objectness"][d].tolist(), reverse=True)
+    assert float(c["objectness"][d][0]) == pytest.approx(0.99)   # the highest first
+    assert f"drawn: the 20 highest of {n} after NMS at IoU 0.5, {n - 20} not drawn" in br.info.value
+    assert f"mined pseudo-positives: {n}" in br.info.value       # the counts are over every mined box
+    assert br.quality() == evaluate_mining(log, ds, 10, br.threshold.value)
+    br.max_boxes.value = 5
+    assert drawn[-1] == (5, True) and "drawn: the 5 highest" in br.info.value
+    br.show_labels.value = False
+    assert drawn[-1] == (5, False)
+    br.threshold.value = 0.97                                    # only the removed annotations' hits are left (the rest < 0.95)
+    assert "drawn: all" in br.info.value and drawn[-1][0] == len(br.current()["mined"])
+    raw = PPMBrowser.from_dataset(log, ds, draw_nms=None, max_boxes=1000)
+    raw.threshold.value = raw.threshold.min
+    assert drawn[-1][0] == n
+    with pytest.raises(InputError, match="max_boxes"): PPMBrowser.from_dataset(log, ds, max_boxes=0)
+
+
+def label_fits(w) -> bool:
+    "Whether a control's description fits its label column: ipywidgets' default column is 80 px, about ten characters."
+    width = w.style.description_width
+    if width in ("initial", "auto"): return True
+    return len(w.description) <= 10 if not width else float(width.removesuffix("px")) >= 8 * len(w.description)
+
+
+def test_images_at_natural_size_and_labels_fit(setup):
+    ds, log, _, _ = setup
+    br = PPMBrowser.from_dataset(log, ds)
+    for im in (br.image, br.curve):                              # a flex box stretches an item unless it aligns itself
+        assert (im.layout.align_self, im.layout.width, im.layout.height) == ("flex-start", None, None)
+    assert label_fits(br.threshold) and label_fits(br.max_boxes)
+    assert br.threshold.description == "objectness >"

@@ -143,3 +143,11 @@ def test_bad_input(setup):
     with pytest.raises(InputError, match="images"): QueryExplorer(towers, [])
     with pytest.raises(InputError, match=r"images\[0\]"): QueryExplorer(towers, [torch.zeros(3, 8, 8)])
     assert parse_queries("a, b ,, c") == ["a", "b", "c"]
+
+
+def test_layout_natural_image_and_labels_fit(setup):
+    qe = explorer(setup)
+    assert (qe.image.layout.align_self, qe.image.layout.width) == ("flex-start", None)
+    long = [w for w in (qe.index, qe.queries, qe.template, qe.tower, qe.layer, qe.source, qe.weighting, qe.temperature, qe.threshold)
+            if len(w.description) > 10]                          # ipywidgets' label column holds about ten characters
+    assert long == [qe.temperature] and qe.temperature.style.description_width == "initial"

@@ -200,3 +200,49 @@ def test_by_layer_panel_switches_metric():
     p.models.value = ()
     assert p.image.value == b""
     with pytest.raises(InputError, match="chance for unknown metric"): by_layer_panel(values, {"iou": 0.1})
+
+
+def test_images_keep_their_natural_size(setup):
+    # in a VBox an Image is stretched to the cell's width, in an HBox to the row's height, unless it aligns itself
+    samples, models, stats = setup
+    x = prepare_images(torch.stack([s.image for s in samples]), 32)
+    within = collect_cka(models["A"], [x[:4], x[4:]], vit_taps(models["A"], "blocks", "mean"))
+    panel = by_layer_panel({"distance": {"A": [0.2, 0.3]}})
+    for b in (AttentionBrowser(models, samples, stats), CKABrowser({"within": within}), panel):
+        assert (b.image.layout.align_self, b.image.layout.width, b.image.layout.height) == ("flex-start", None, None), type(b).__name__
+        assert b.image.value[:4] == PNG
+
+
+def test_callbacks_from_two_threads_do_not_interleave(setup):
+    # JupyterLab 4.6 sends widget messages to a kernel subshell and ipykernel 7 routes some back to the main shell, so two
+    # callbacks can run at once; two browsers over one model then traced it at the same time: each Trace's hooks saw the
+    # other's forward pass (wrong maps, or a foreign StopForward that ended it). Here both passes meet before the last
+    # block and the later one goes first, which interleaves them every time unless the browsers serialize their callbacks.
+    import threading
+    import time
+    samples, models, _ = setup
+    model = tiny_vit(0)
+    seq = [[0, 1, 2], [3, 4, 5]]
+    def drive(b, idx, errors):
+        try:
+            for i in idx: b.index.value = i % len(samples)
+        except Exception as e: errors.append(repr(e))
+    reference = []
+    for idx in seq:                                              # one browser at a time: what each should show
+        b = AttentionBrowser({"A": model}, samples, cache_size=1); drive(b, idx, [])
+        reference.append((b.image.value, b.info.value))
+    meet = threading.Barrier(2, timeout=0.5)
+    def wait_for_the_other(*_):
+        try:
+            if meet.wait() == 0: time.sleep(0.3)                 # the first to arrive lets the other run its last block first
+        except threading.BrokenBarrierError: pass                # serialized: nobody comes; later passes do not wait
+    pause = model.blocks[-1].register_forward_pre_hook(wait_for_the_other)
+    browsers = [AttentionBrowser({"A": model}, samples, cache_size=1) for _ in seq]   # every image traced anew
+    errors = []
+    threads = [threading.Thread(target=drive, args=(b, idx, errors)) for b, idx in zip(browsers, seq)]
+    try:
+        for t in threads: t.start()
+        for t in threads: t.join()
+    finally: pause.remove()
+    assert not errors, errors[:3]
+    assert [(b.image.value, b.info.value) for b in browsers] == reference

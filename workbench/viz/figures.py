@@ -436,8 +436,8 @@ def plot_histories(histories: Mapping[str, TrainHistory], smooth: int = 20):
 KEPT_COLOR, REMOVED_COLOR, HIT_COLOR, MISS_COLOR = "#2ca02c", "#ff7f0e", "#e377c2", "#17becf"
 
 def plot_mining(image: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor, mined: torch.Tensor, objectness: torch.Tensor,
-                iou: float = 0.5, title: str | None = None, size: float = 4.0):
-    "A figure of one image: kept annotations solid, removed ones dashed, mined boxes (hit: magenta, miss: cyan) with their objectness."
+                iou: float = 0.5, title: str | None = None, size: float = 4.0, labels: bool = True):
+    "A figure of one image: kept annotations solid, removed ones dashed, mined boxes (hit: magenta, miss: cyan), with their objectness when `labels`."
     import matplotlib.pyplot as plt
     im = unit_float(image)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -448,7 +448,7 @@ def plot_mining(image: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor, 
     for b, s, h in zip(torch.as_tensor(mined).reshape(-1, 4), torch.as_tensor(objectness).reshape(-1), hit.tolist()):
         c = HIT_COLOR if h else MISS_COLOR
         draw_box(ax, b, c, lw=1.0)
-        ax.text(float(b[0]), float(b[1]), f"{float(s):.2f}", color="black", fontsize=6, va="bottom",
+        if labels: ax.text(float(b[0]), float(b[1]), f"{float(s):.2f}", color="black", fontsize=6, va="bottom",
                 bbox=dict(facecolor=c, edgecolor="none", pad=0.5, alpha=0.85))
     ax.set_axis_off()
     if title: ax.set_title(title, fontsize=8)

@@ -5,18 +5,37 @@
 # %% ../../../nbs/79_browser_base.ipynb #7a646f61
 from __future__ import annotations
 
+import functools
 import html
+import threading
+
+import ipywidgets as W
 
 from ...core import InputError
 from ..figures import figure_png
 
 # %% auto #0
-__all__ = ['info_table', 'error_html', 'Browser']
+__all__ = ['WIDE_LABEL', 'BROWSER_LOCK', 'info_table', 'serialized', 'png_image', 'error_html', 'Browser']
 
 # %% ../../../nbs/79_browser_base.ipynb #15f1a3ba
 def info_table(rows) -> str:
     "The HTML of an info panel: one (label, value HTML) pair per row."
     return "<table>" + "".join(f"<tr><td style='padding-right:1em'>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+WIDE_LABEL = {"description_width": "initial"}    # the label as wide as its text
+
+BROWSER_LOCK = threading.RLock()
+
+def serialized(method):
+    "`method` run holding `BROWSER_LOCK`: widget callbacks may come from two kernel threads at once (see above)."
+    @functools.wraps(method)
+    def locked(*args, **kw):
+        with BROWSER_LOCK: return method(*args, **kw)
+    return locked
+
+def png_image(**kw) -> W.Image:
+    "An empty PNG `ipywidgets.Image` shown at the picture's own size, not stretched by the box it sits in."
+    return W.Image(format="png", layout=W.Layout(align_self="flex-start", flex="0 0 auto"), **kw)
 
 def error_html(e: Exception) -> str:
     "One red line with the error's message."
@@ -29,6 +48,7 @@ class Browser:
         from IPython.display import display
         display(self.root)
 
+    @serialized
     def render(self):
         "Redraw the image and the info panel for the current state."
         self.out.clear_output()

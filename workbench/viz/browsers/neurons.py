@@ -5,13 +5,15 @@
 # %% ../../../nbs/80_neuron_browser.ipynb #e678fdb1
 from __future__ import annotations
 
+import html
+
 import ipywidgets as W
 
 from ...data.samples import MaskSet
 from ...methods.neurons import UnitScores, UnitStats, score_units, unit_masks
 from ...models.generators import GeneratorAdapter
 from ...models.transforms import unit_float
-from .base import Browser
+from .base import Browser, png_image, serialized
 from ..figures import figure_png, overlay_grid, soft_target_grid
 
 # %% auto #0
@@ -33,8 +35,8 @@ class NeuronBrowser(Browser):
         self.prompt = W.Text(value=(scores.prompts[0] if scores else ""), description="prompt", continuous_update=False)
         self.rank_button = W.Button(description="rank units")
         self.ranking = W.Select(options=[], rows=8, description="ranked", layout=W.Layout(width="340px"))
-        self.info = W.HTML()
-        self.image = W.Image(format="png")
+        self.info = W.HTML(layout=W.Layout(max_height="160px", overflow="auto"))   # a long prompt table scrolls: the images stay in view
+        self.image = png_image()
         self.view = W.ToggleButtons(options=["unit", "pseudo-labels"], value="unit")
         self.variant = W.Dropdown(options=list(self.pseudo) or ["(none)"], description="variant")
         self.sample = W.IntSlider(value=0, min=0, max=max(0, self._n_pseudo() - 1), description="first")
@@ -47,23 +49,26 @@ class NeuronBrowser(Browser):
         self.root = W.VBox([W.HBox([self.layer, self.unit, self.view]),
                             W.HBox([self.prompt, self.rank_button]), W.HBox([self.ranking, self.info]),
                             W.HBox([self.variant, self.sample]), self.image, self.out])
-        if scores is not None and self.prompt.value: self.rank()
-        self.render()
+        if scores is not None and self.prompt.value: self.rank()       # ranks, then draws
+        else: self.render()
 
     def _n_pseudo(self):
         v = getattr(self, "variant", None)
         return len(self.pseudo[v.value]) if v is not None and v.value in self.pseudo else 0
 
+    @serialized
     def _on_layer(self, change):
         self.unit.max = self.stats.layer(change["new"]).channels - 1
         self.unit.value = min(self.unit.value, self.unit.max)
         self.render()
 
+    @serialized
     def _on_pick(self, change):
         if change["new"] is None: return
         layer, unit = change["new"]
         self.layer.value = layer; self.unit.value = unit
 
+    @serialized
     def rank(self):
         "Rank the units of every layer for the prompt in the text box (scored with CLIP if not scored yet)."
         with self.out:
@@ -78,11 +83,14 @@ class NeuronBrowser(Browser):
                 self.scores = new if self.scores is None else self.scores.extend(new)
             rows = self.scores.ranking(p, top=30)
             self.ranking.options = [(f"{s:+.3f}  {l} #{u}", (l, u)) for l, u, s in rows]
+        self.render()                                   # the info table puts the new prompt first
+        with self.out:
             ex = self.scores.excluded()
-            if ex: self.info.value = (f"{len(ex)} unit(s) left out of the ranking: " +
-                                      "; ".join(f"{l} #{u}" for l, u, _ in ex[:6]) + (" …" if len(ex) > 6 else "") +
-                                      f" ({ex[0][2]})")
+            if ex: self.info.value += ("<br><small>" + f"{len(ex)} unit(s) left out of the ranking: " +
+                                       "; ".join(f"{l} #{u}" for l, u, _ in ex[:6]) + (" …" if len(ex) > 6 else "") +
+                                       f" ({ex[0][2]})</small>")
 
+    @serialized
     def render(self):
         "Redraw the image panel and the info table for the current state."
         self.out.clear_output()
@@ -95,11 +103,20 @@ class NeuronBrowser(Browser):
             self.image.value = figure_png(overlay_grid(imgs, masks[:, 0], [f"seed {s}  a={v:.2f}" for s, v in zip(seeds.tolist(), vals.tolist())],
                                                        ncols=min(8, self.k)))
             th = self.stats.threshold(layer, unit, self.q).item()
-            rows = "".join(f"<tr><td>{p}</td><td>{self.scores.scores[layer][unit, i]:.3f}</td></tr>"
-                           for i, p in enumerate(self.scores.prompts)) if self.scores and layer in self.scores.scores else ""
-            self.info.value = (f"<b>{layer} unit {unit}</b><br>threshold (q={self.q:g}): {th:.3f}<br>"
+            rows = self._prompt_rows(layer, unit)
+            self.info.value = (f"<div style='line-height:1.35'><b>{layer} unit {unit}</b><br>threshold (q={self.q:g}): {th:.3f}<br>"
                                f"top-{self.k} max activation: {vals[0]:.3f} … {vals[-1]:.3f}"
-                               + (f"<table><tr><th>prompt</th><th>CLIP similarity</th></tr>{rows}</table>" if rows else ""))
+                               + (f"<table><tr><th>prompt</th><th>CLIP similarity</th></tr>{rows}</table>" if rows else "") + "</div>")
+
+    def _prompt_rows(self, layer, unit) -> str:
+        "The unit's CLIP similarity to each scored prompt as table rows, the prompt in the box first and in bold."
+        if not (self.scores and layer in self.scores.scores): return ""
+        sims = self.scores.scores[layer][unit]
+        current = self.prompt.value.strip()
+        order = sorted(range(len(self.scores.prompts)), key=lambda i: self.scores.prompts[i] != current)
+        cell = lambda i, v: f"<b>{v}</b>" if self.scores.prompts[i] == current else v
+        return "".join(f"<tr><td>{cell(i, html.escape(self.scores.prompts[i], quote=False))}</td><td>{cell(i, f'{sims[i]:.3f}')}</td></tr>"
+                       for i in order)
 
     def _render_pseudo(self):
         if self.variant.value not in self.pseudo:

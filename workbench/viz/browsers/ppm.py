@@ -9,12 +9,13 @@ from collections.abc import Mapping
 
 import ipywidgets as W
 import torch
+from torchvision.ops import nms
 
 from ...core import InputError
 from ...data.splits import SparseDetectionDataset
 from ...eval.boxes import box_hits, mining_quality
 from ...methods.sparsedet import MiningLog
-from .base import Browser
+from .base import WIDE_LABEL, Browser, png_image, serialized
 from ..figures import figure_png, plot_mining, plot_running_quality
 
 # %% auto #0
@@ -26,9 +27,10 @@ class PPMBrowser(Browser):
     removed (dashed) and mined boxes; this image's counts; running recovery and precision over the training set."""
 
     def __init__(self, log: MiningLog, images, kept: Mapping, removed: Mapping, iou: float = 0.5,
-                 only_with_removed: bool = False, curve_points: int = 12):
+                 only_with_removed: bool = False, curve_points: int = 12, max_boxes: int = 20, draw_nms: float | None = 0.5):
         if not isinstance(log, MiningLog): raise InputError(f"PPMBrowser: expected a MiningLog, got {type(log).__name__}")
-        self.log, self.iou, self.curve_points = log, iou, curve_points
+        if not (isinstance(max_boxes, int) and max_boxes >= 1): raise InputError(f"max_boxes={max_boxes!r}; valid: an integer >= 1")
+        self.log, self.iou, self.curve_points, self.draw_nms = log, iou, curve_points, draw_nms
         self.images = dict(images) if isinstance(images, Mapping) else {i + 1: im for i, im in enumerate(images)}
         self.kept = {k: torch.as_tensor(v).reshape(-1, 4) for k, v in kept.items()}
         self.removed = {k: torch.as_tensor(v).reshape(-1, 4) for k, v in removed.items()}
@@ -42,16 +44,21 @@ class PPMBrowser(Browser):
         self.iteration = W.SelectionSlider(options=its, value=its[-1], description="iteration", continuous_update=False)
         lo = min(log.min_objectness, log.tau_ppm)
         self.threshold = W.FloatSlider(value=log.tau_ppm, min=lo, max=1.0, step=0.01, description="objectness >",
-                                       continuous_update=False, readout_format=".2f")
+                                       continuous_update=False, readout_format=".2f", style=WIDE_LABEL)
         self.show_curve = W.Checkbox(value=True, description="running curve")
-        self.image = W.Image(format="png")
-        self.curve = W.Image(format="png")
+        self.max_boxes = W.BoundedIntText(value=max_boxes, min=1, max=10_000, description="draw at most", style=WIDE_LABEL,
+                                          layout=W.Layout(width="160px"))
+        self.show_labels = W.Checkbox(value=True, description="objectness labels")
+        self.image = png_image()
+        self.curve = png_image()
         self.info = W.HTML()
         self.summary = W.HTML()
         self.out = W.Output()
         self._curve_threshold = None
-        for w in (self.image_id, self.iteration, self.threshold, self.show_curve): w.observe(self._changed, "value")
+        for w in (self.image_id, self.iteration, self.threshold, self.show_curve, self.max_boxes, self.show_labels):
+            w.observe(self._changed, "value")
         self.root = W.VBox([W.HBox([self.image_id, self.iteration]), W.HBox([self.threshold, self.show_curve]),
+                            W.HBox([self.max_boxes, self.show_labels]),
                             W.HBox([self.image, W.VBox([self.info, self.summary])]), self.curve, self.out])
         self.render()
 
@@ -63,17 +70,25 @@ class PPMBrowser(Browser):
         images = {dataset.image_id(i): dataset.samples[i].image for i in range(len(dataset))}
         return cls(log, images, dataset.kept_boxes(), dataset.removed_boxes(), **kw)
 
+    @serialized
     def _changed(self, change):
         if change["owner"] is self.show_curve: self._curve_threshold = None
         self.render()
 
+    def drawn(self, boxes: torch.Tensor, objectness: torch.Tensor) -> torch.Tensor:
+        "Indices of the mined boxes the image shows, highest objectness first: NMS at `draw_nms`, then at most `max_boxes`."
+        if not len(boxes): return torch.zeros(0, dtype=torch.long)
+        order = nms(boxes.float(), objectness.float(), self.draw_nms) if self.draw_nms is not None else torch.argsort(objectness, descending=True)
+        return order[: self.max_boxes.value]
+
     def current(self) -> dict:
-        "What the image panel shows: boxes, objectness, hits and the iteration of the record drawn."
+        "What the image panel shows: boxes, objectness, hits, the iteration of the record drawn and which mined boxes are drawn."
         iid = self.image_id.value
         boxes, scores, rec_it = self.log.latest(iid, self.iteration.value, self.threshold.value)
         removed = self.removed.get(iid, torch.zeros(0, 4))
         hit, recovered = box_hits(boxes, removed, self.iou)
         return dict(image_id=iid, record_iteration=rec_it, mined=boxes, objectness=scores, hit=hit, recovered=recovered,
+                    drawn=self.drawn(boxes, scores),
                     kept=self.kept.get(iid, torch.zeros(0, 4)), removed=removed)
 
     def quality(self, iteration: int | None = None) -> dict:
@@ -88,6 +103,7 @@ class PPMBrowser(Browser):
             its = sorted({its[round(k * (len(its) - 1) / (self.curve_points - 1))] for k in range(self.curve_points)})
         return [dict(iteration=t, **self.quality(t)) for t in its]
 
+    @serialized
     def render(self):
         "Redraw the image, the counts and the running curve for the current widget state."
         self.out.clear_output()
@@ -95,12 +111,17 @@ class PPMBrowser(Browser):
             c = self.current()
             thr, it = self.threshold.value, self.iteration.value
             where = "no mining yet" if c["record_iteration"] is None else f"mined at iteration {c['record_iteration']}"
-            self.image.value = figure_png(plot_mining(self.images[c["image_id"]], c["kept"], c["removed"], c["mined"],
-                                                      c["objectness"], self.iou, f"image {c['image_id']} · {where}"))
+            d, n = c["drawn"], len(c["mined"])
+            drawn = (f"drawn: all {n}" if len(d) == n else f"drawn: the {len(d)} highest of {n}"
+                     + (f" after NMS at IoU {self.draw_nms:g}" if self.draw_nms is not None else "") + f", {n - len(d)} not drawn")
+            self.image.value = figure_png(plot_mining(self.images[c["image_id"]], c["kept"], c["removed"], c["mined"][d],
+                                                      c["objectness"][d], self.iou, f"image {c['image_id']} · {where}"
+                                                      + ("" if len(d) == n else f" · {len(d)} of {n} mined boxes"),
+                                                      labels=self.show_labels.value))
             self.info.value = (f"<b>image {c['image_id']}</b> at iteration ≤ {it}, objectness &gt; {thr:.2f} ({where})<br>"
                                f"kept annotations: {len(c['kept'])}<br>removed annotations: {len(c['removed'])}"
                                f" (recovered {int(c['recovered'].sum())})<br>"
-                               f"mined pseudo-positives: {len(c['mined'])} (on a removed annotation {int(c['hit'].sum())})")
+                               f"mined pseudo-positives: {len(c['mined'])} (on a removed annotation {int(c['hit'].sum())})<br>{drawn}")
             q = self.quality()
             fmt = lambda v: "–" if v is None else f"{v:.3f}"
             self.summary.value = (f"<b>all training images</b> at iteration ≤ {it}:<br>recovery {fmt(q['recovery'])} "

@@ -18,7 +18,7 @@ from ...data.samples import Sample
 from ...eval.localization import cam_boxes
 from ...eval.maps import SaliencyMaps
 from ...methods.score_cam import SEED_TEMPLATES, SOURCES, WEIGHTINGS, as_scorer, clip_tower, score_cam, vit_blocks
-from .base import Browser, info_table
+from .base import WIDE_LABEL, Browser, info_table, png_image, serialized
 from ..figures import saliency_grid
 
 # %% auto #0
@@ -87,12 +87,12 @@ class QueryExplorer(Browser):
         self.layer, self.source = W.Dropdown(description="layer"), W.Dropdown(description="source")
         self.weighting = W.Dropdown(options=WEIGHTINGS, value=weighting, description="weighting")
         self.temperature = W.FloatLogSlider(value=temperature, base=10, min=-3, max=1, step=0.05, description="temperature",
-                                            continuous_update=False, readout_format=".3g")
+                                            continuous_update=False, readout_format=".3g", style=WIDE_LABEL)
         self.threshold = W.FloatSlider(value=threshold, min=0.05, max=0.95, step=0.05, description="threshold",
                                        continuous_update=False, readout_format=".2f")
         self.largest = W.Checkbox(value=False, description="largest box only")
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload")
-        self.image, self.info, self.out = W.Image(format="png"), W.HTML(), W.Output()
+        self.image, self.info, self.out = png_image(), W.HTML(), W.Output()
         self._sync_tower(layer, source)
         self.tower.observe(lambda _: self._on_tower(), "value")
         for w in (self.index, self.queries, self.template, self.layer, self.source, self.weighting, self.temperature,
@@ -137,14 +137,17 @@ class QueryExplorer(Browser):
             try: w.options, w.value = opts, keep
             finally: self._syncing = False
 
+    @serialized
     def _on_tower(self):
         self._sync_tower(); self._changed()
 
+    @serialized
     def _changed(self):
         if not self._syncing:
             self.temperature.disabled = self.weighting.value != "softmax"
             self.render()
 
+    @serialized
     def _on_upload(self, value):
         for name, data in _upload_files(value):
             try: self.add_image(data, name)
@@ -152,6 +155,7 @@ class QueryExplorer(Browser):
                 from workbench.viz.browsers.base import error_html
                 self.info.value, self.image.value = error_html(e), b""
 
+    @serialized
     def add_image(self, data: bytes, name: str = "upload") -> int:
         "Append an encoded image file's bytes (decoded, square, `upload_size`) to the images, show it and return its index."
         img = decode_upload(data, self.upload_size, name)

@@ -15,7 +15,7 @@ from ...core import InputError
 from ...eval.localization import best_box_iou
 from ...eval.maps import MASK_RULES, SaliencyMaps, resize_maps
 from ...eval.saliency import iou_per_image
-from .base import Browser, info_table
+from .base import Browser, info_table, png_image
 from .vit import as_images
 from ..figures import saliency_grid
 
@@ -49,7 +49,7 @@ class SaliencyBrowser(Browser):
         self.value = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="value", continuous_update=False, readout_format=".2f")
         self.largest = W.Checkbox(value=True, description="largest box only")
         self.compare = W.SelectMultiple(options=names, value=(), description="side by side", rows=min(4, len(names)))
-        self.image, self.info, self.out = W.Image(format="png"), W.HTML(), W.Output()
+        self.image, self.info, self.out = png_image(), W.HTML(), W.Output()
         for w in (self.method, self.index, self.k, self.rule, self.value, self.largest, self.compare):
             w.observe(lambda _: self.render(), "value")
         self.root = W.VBox([W.HBox([self.method, self.index, self.k]), W.HBox([self.rule, self.value, self.largest]),

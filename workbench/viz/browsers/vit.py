@@ -18,7 +18,7 @@ from ...data.worlds import foreground_mask
 from ...methods.attention import AttentionStats, image_attention
 from ...methods.cka import CKAResult
 from ...models.transforms import unit_float
-from .base import Browser, info_table
+from .base import Browser, info_table, png_image, serialized
 from ..figures import (head_label, query_label, figure_png, plot_aaam, plot_by_layer, plot_cka,
                                    plot_cka_grid, plot_head_distances, plot_query_map)
 
@@ -77,7 +77,7 @@ class AttentionBrowser(Browser):
         self.row = W.IntSlider(value=0, min=0, max=0, description="row i", continuous_update=False)
         self.col = W.IntSlider(value=0, min=0, max=0, description="col j", continuous_update=False)
         self.view = W.ToggleButtons(options=VIEWS, value="attention")
-        self.image = W.Image(format="png")
+        self.image = png_image()
         self.info = W.HTML()
         self.out = W.Output()
         for w in (self.layer, self.head, self.source, self.index, self.query, self.row, self.col, self.view):
@@ -134,6 +134,7 @@ class AttentionBrowser(Browser):
             self.index.disabled = self.source.value != "image"
         finally: self._hold = hold
 
+    @serialized
     def _on_model(self, _):
         if self.source.value == "dataset average" and self.model.value not in self.stats:
             hold, self._hold = self._hold, True
@@ -141,6 +142,7 @@ class AttentionBrowser(Browser):
             self._hold = hold
         self.render()
 
+    @serialized
     def _changed(self, _):
         if not self._hold: self.render()
 
@@ -187,7 +189,7 @@ class CKABrowser(Browser):
         names = list(self.results)
         self.pick = W.Dropdown(options=names, value=names[0], description="result")
         self.layout = W.ToggleButtons(options=["one", "all"], value="one")
-        self.image = W.Image(format="png")
+        self.image = png_image()
         self.info = W.HTML()
         self.out = W.Output()
         for w in (self.pick, self.layout): w.observe(lambda _: self.render(), "value")
@@ -209,6 +211,7 @@ class CKABrowser(Browser):
                 f"{r.n_examples} examples in {r.n_batches} batches; off-diagonal {float(off.min()):.2f} … {float(off.max()):.2f}, "
                 f"mean {float(off.mean()):.2f}. Colour scale fixed to [0, 1].")
 
+    @serialized
     def render(self):
         self.out.clear_output()
         with self.out:
@@ -230,7 +233,7 @@ class ByLayerPanel(Browser):
         models = list(dict.fromkeys(m for v in self.values.values() for m in v))
         self.metric = W.Dropdown(options=metrics, value=metrics[0], description="metric")
         self.models = W.SelectMultiple(options=models, value=tuple(models), description="models", rows=min(6, len(models)))
-        self.image = W.Image(format="png")
+        self.image = png_image()
         self.out = W.Output()
         for w in (self.metric, self.models): w.observe(lambda _: self.render(), "value")
         self.root = W.VBox([W.HBox([self.metric, self.models]), self.image, self.out])
@@ -246,6 +249,7 @@ class ByLayerPanel(Browser):
             chance = {k: c for k, c in chance.items() if k in vals or k not in self.models.options} or None
         return plot_by_layer(vals, self.ylabels.get(metric, metric), chance=chance, labels=self.labels, title=metric)
 
+    @serialized
     def render(self):
         self.out.clear_output()
         with self.out:
