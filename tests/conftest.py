@@ -39,3 +39,15 @@ def assert_names_argument(call, name: str):
         call()
     msg = str(e.value)
     assert msg.startswith(f"{name}:") and "\n" not in msg, msg
+
+
+def write_notebook(path, cells):
+    "Write a notebook of code cells, each `(source, tags)`, with a python3 kernelspec (the runner's and sweeps' test notebooks)."
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    for src, tags in cells:
+        c = nbformat.v4.new_code_cell(src)
+        if tags: c.metadata["tags"] = tags
+        nb.cells.append(c)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, path)

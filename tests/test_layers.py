@@ -12,7 +12,7 @@ from conftest import ROOT
 
 PKG = ROOT / "workbench"
 # Layers in order; a module may import from its own layer and from earlier ones. `core` and `runs` form the platform.
-LAYERS = [("core", "runs"), ("data",), ("models",), ("train",), ("eval",), ("methods",), ("viz",), ("cli",)]
+LAYERS = [("core", "runs", "sweeps"), ("data",), ("models",), ("train",), ("eval",), ("methods",), ("viz",), ("cli",)]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 

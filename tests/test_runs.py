@@ -7,6 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import write_notebook
 from workbench.cli import main
 from workbench.runs import find_notebook, list_notebooks
 
@@ -23,24 +24,14 @@ run.log_metrics(n=cfg.n, name=cfg.name, profile=cfg.profile)
 '''
 
 
-def _nb(path, cells):
-    nb = nbformat.v4.new_notebook()
-    for src, tags in cells:
-        c = nbformat.v4.new_code_cell(src)
-        if tags:
-            c.metadata["tags"] = tags
-        nb.cells.append(c)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
-    nbformat.write(nb, path)
-
 
 @pytest.fixture
 def nbs(tmp_path, monkeypatch, isolated_settings):
     d = tmp_path / "nbs"
     d.mkdir()
-    _nb(d / "07_demo.ipynb", [(PARAMS, ["parameters"]), (BODY, [])])
-    _nb(d / "08_boom.ipynb", [('profile = "smoke"', ["parameters"]), ("x = 1", []), ("raise RuntimeError('kaboom')", []), ("y = 2", [])])
-    _nb(d / "09_library.ipynb", [("#| default_exp lib\nx = 1", [])])
+    write_notebook(d / "07_demo.ipynb", [(PARAMS, ["parameters"]), (BODY, [])])
+    write_notebook(d / "08_boom.ipynb", [('profile = "smoke"', ["parameters"]), ("x = 1", []), ("raise RuntimeError('kaboom')", []), ("y = 2", [])])
+    write_notebook(d / "09_library.ipynb", [("#| default_exp lib\nx = 1", [])])
     monkeypatch.setenv("WORKBENCH_NBS", str(d))
     return d
 
@@ -156,7 +147,7 @@ def test_parameter_values_are_checked_before_the_kernel_starts(nbs, tmp_path, ca
 def test_sigterm_ends_the_run_interrupted(nbs, tmp_path):
     import signal
     import time
-    _nb(nbs / "10_sleepy.ipynb", [('profile = "smoke"', ["parameters"]),
+    write_notebook(nbs / "10_sleepy.ipynb", [('profile = "smoke"', ["parameters"]),
                                   ("import time\nfor _ in range(600): time.sleep(0.1)", [])])
     out = tmp_path / "sleepy"
     exe = Path(sys.executable).with_name("workbench")

@@ -13,7 +13,7 @@ from .core import InputError, WorkbenchError, load_settings, setup_logging
 
 # %% auto #0
 __all__ = ['DEMO_NOTEBOOK', 'cmd_settings', 'cmd_models', 'cmd_list', 'cmd_run', 'cmd_runs', 'cmd_demo', 'cmd_data_list',
-           'cmd_data_verify', 'cmd_data_synth', 'build_parser', 'main']
+           'cmd_data_verify', 'cmd_data_synth', 'cmd_sweep', 'cmd_sweep_status', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #2b66b65e
 def _out(*lines): print(*lines, sep="\n")
@@ -120,6 +120,73 @@ def cmd_data_synth(args) -> int:
     _out(f"wrote {args.n} {args.world} images to {out}")
     return 0
 
+# %% ../nbs/90_cli.ipynb #5e7a1c19
+def _key_values(items) -> dict:
+    "KEY=VALUE strings (repeated --slurm flags) as a dict; one-line InputError for one without '='."
+    out = {}
+    for it in items or []:
+        k, sep, v = it.partition("=")
+        if not sep or not k.strip(): raise InputError(f"--slurm {it!r}: expected KEY=VALUE, e.g. --slurm qos=high")
+        out[k.strip().replace("-", "_")] = v.strip()
+    return out
+
+def cmd_sweep(args) -> int:
+    "Run a notebook over the Cartesian product of parameter values, one run folder per point, through submitit; summary.csv / summary.md in the sweep folder."
+    from workbench.sweeps import Sweep, plan_sweep, submit_sweep, point_state
+    from workbench.runs import find_notebook
+    slurm = dict(partition=args.partition, gpus_per_node=args.gpus, time=args.time, account=args.account, **_key_values(args.slurm))
+    if args.resume:
+        if not args.out: raise InputError("--resume needs --out DIR: the sweep folder to continue")
+        if args.param: raise InputError("--resume takes the grid from sweep.json; drop the -p options")
+        sw = Sweep.load(args.out)
+        if args.notebook and find_notebook(args.notebook).path.resolve() != Path(sw.notebook).resolve():
+            raise InputError(f"--resume: {args.out} is a sweep of {Path(sw.notebook).stem}, not of {args.notebook}")
+    else:
+        if not args.notebook: raise InputError("sweep: give a NOTEBOOK and its -p NAME V1,V2,... axes (or --resume --out DIR)")
+        sw = plan_sweep(args.notebook, args.profile, args.param or [], args.out)
+    executor = args.executor or sw.executor.get("kind") or "local"
+    max_parallel = args.max_parallel if args.max_parallel is not None else sw.executor.get("max_parallel")
+    wait = executor != "slurm" if args.wait is None else args.wait
+    todo = submit_sweep(sw, executor, max_parallel, slurm, wait=wait, timeout_min=args.timeout)
+    if not wait:
+        _out(f"submitted {len(todo)} point(s) of {len(sw.points)} ({executor}): {sw.dir}",
+             f"job ids: {', '.join(p['job_id'] for p in todo) or '-'}", f"follow with: workbench sweep-status {sw.dir}")
+        return 0
+    _out((sw.dir / "summary.md").read_text().rstrip(), "", f"sweep folder: {sw.dir}  (summary.csv, summary.md, sweep.json)")
+    return 0 if all(point_state(sw, p)["status"] == "ok" for p in sw.points) else 1
+
+def cmd_sweep_status(args) -> int:
+    "Re-read a sweep's points, rewrite summary.csv and summary.md, print the summary; exit 1 when a point ended not ok."
+    from workbench.sweeps import sweep_status, point_state
+    sw, text = sweep_status(args.folder)
+    _out(text.rstrip())
+    ended_bad = [p for p in sw.points if point_state(sw, p)["status"] not in ("ok", "pending", "submitted", "running")]
+    return 1 if ended_bad else 0
+
+def _add_sweep_parsers(sub) -> None:
+    "The `sweep` and `sweep-status` sub-commands."
+    sw = sub.add_parser("sweep", help="run a notebook over the product of parameter values through submitit (local, SLURM or debug)")
+    sw.add_argument("notebook", nargs="?", help="notebook name (e.g. generator_neurons) or path; not needed with --resume")
+    sw.add_argument("--profile", help="smoke (CPU, minutes) or full (GPU, paper scale)")
+    sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUES"),
+                    help="an axis: comma-separated values (JSON lists and double-quoted strings keep their commas); one value fixes the parameter")
+    sw.add_argument("--executor", choices=["local", "slurm", "debug"], help="submitit executor (default: local; on --resume, the sweep's)")
+    sw.add_argument("--max-parallel", type=int, help="points running at once (local default 1; SLURM: the job array's limit)")
+    sw.add_argument("--out", type=Path, help="sweep folder (default: runs_dir/<time>-sweep-<notebook>-<profile>)")
+    sw.add_argument("--resume", action="store_true", help="submit again only the points of --out DIR that are not ok")
+    sw.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                    help="wait for the points and write the summary (default: yes, except on SLURM)")
+    sw.add_argument("--timeout", type=int, help="minutes per point (SLURM --time; local default: 7 days)")
+    sw.add_argument("--partition", help="SLURM partition (else [slurm] partition in settings.ini)")
+    sw.add_argument("--gpus", type=int, help="SLURM GPUs per job (gpus_per_node)")
+    sw.add_argument("--time", type=int, help="SLURM time limit in minutes")
+    sw.add_argument("--account", help="SLURM account")
+    sw.add_argument("--slurm", action="append", metavar="KEY=VALUE", help="any other SLURM option (repeatable), e.g. qos=high")
+    sw.set_defaults(fn=cmd_sweep)
+    st = sub.add_parser("sweep-status", help="a sweep's points, summary.csv and summary.md (mean ± std over seeds)")
+    st.add_argument("folder", type=Path, help="the sweep folder")
+    st.set_defaults(fn=cmd_sweep_status)
+
 # %% ../nbs/90_cli.ipynb #41dd7a9f
 class _Parser(argparse.ArgumentParser):
     "argparse that reports bad usage as an InputError (one line, exit 2) like every other bad input."
@@ -162,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--n", type=int, required=True); ds.add_argument("--out", required=True)
     ds.add_argument("--seed", type=int, default=0); ds.add_argument("--size", type=int, default=64)
     ds.set_defaults(fn=cmd_data_synth)
+    _add_sweep_parsers(sub)
     return p
 
 def main(argv: list[str] | None = None) -> int:

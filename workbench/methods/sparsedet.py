@@ -33,6 +33,7 @@ from ..data.samples import Sample
 from ..data.splits import SparseDetectionDataset, samples_to_coco
 from ..eval.boxes import coco_ap, mining_quality, proposal_recall
 from ..models.transforms import IMAGENET_MEAN, IMAGENET_STD, grayscale, unit_float
+from ..train.distributed import MethodForward, broadcast_module, ddp, dist_context, gather_objects, rank_generator, shard
 from ..train.loop import TrainHistory, TrainResult
 
 log = get_logger("sparsedet")
@@ -601,7 +602,9 @@ def train_detector(model: SparseDetRCNN, dataset, cfg: SparseDetConfig | None = 
                    lr_warmup: int | None = None, clip_grad: float = 10.0, num_threads: int | None = None) -> TrainResult:
     """Train `model` on `dataset` (`Sample`s) for `steps` steps in `mode` (`baseline` | `sparsedet`); PPM starts at
     step `warmup_ppm` (default: a quarter of the steps). Deterministic on the CPU for one `seed`.
-    `num_threads` sets torch's CPU threads for the run (restored after; None leaves them)."""
+    `num_threads` sets torch's CPU threads for the run (restored after; None leaves them). Under torchrun (`train.distributed`)
+    `batch_size` is per rank: every rank takes its slice of the global batch, the model runs in DDP, and the mining log
+    gathers every rank's images."""
     one_of("mode", mode, MODES)
     one_of("optimizer", optimizer, OPTIMIZERS)
     cfg = cfg or SparseDetConfig()
@@ -617,16 +620,18 @@ def train_detector(model: SparseDetRCNN, dataset, cfg: SparseDetConfig | None = 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay) if optimizer == "sgd"
            else torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))
-    g_data, g_aug = torch_generator(seed), torch_generator(seed + 1)
+    ctx = dist_context()
+    net = ddp(MethodForward(model, "sparsedet_losses") if sparsedet else model, ctx, find_unused_parameters=True)
+    g_data, g_aug = torch_generator(seed), rank_generator(seed + 1, ctx)
     mlog = MiningLog(cfg.tau_ppm, min(cfg.tau_ppm, cfg.log_min_objectness))
     history, order, t0 = TrainHistory(f"detector ({mode})"), [], time.time()
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), torch_threads(num_threads):
         torch.manual_seed(seed)
-        bar = _progress(range(steps), desc=f"train {mode}", total=steps, disable=not progress)
+        bar = _progress(range(steps), desc=f"train {mode}", total=steps, disable=not progress or not ctx.is_main)
         for step in bar:
             for g in opt.param_groups: g["lr"] = lr * _lr_factor(step, steps, lr_warmup)
-            while len(order) < batch_size: order += torch.randperm(len(dataset), generator=g_data).tolist()
-            idx, order = order[:batch_size], order[batch_size:]
+            while len(order) < batch_size * ctx.world_size: order += torch.randperm(len(dataset), generator=g_data).tolist()
+            idx, order = shard(order[:batch_size * ctx.world_size], ctx), order[batch_size * ctx.world_size:]
             batch = [_clean(dataset[i]) for i in idx]
             images = [unit_float(s.image.to(device)) for s in batch]
             targets = [_target(s, device) for s in batch]
@@ -634,7 +639,7 @@ def train_detector(model: SparseDetRCNN, dataset, cfg: SparseDetConfig | None = 
             if sparsedet:
                 views = [augment_view(im, s.boxes, g_aug, cfg)[0] for im, s in zip(images, batch)] if cfg.needs_view else None
                 active = step >= warmup_ppm
-                losses, info = model.sparsedet_losses(images, targets, views, cfg, mining=active)
+                losses, info = net(images, targets, views, cfg, mining=active)
                 total = combine_losses(losses)
                 n_pp = 0
                 for s, i, m in zip(batch, idx, info["mined"]):
@@ -643,7 +648,7 @@ def train_detector(model: SparseDetRCNN, dataset, cfg: SparseDetConfig | None = 
                     n_pp += int((m[1] > cfg.tau_ppm).sum())
                 row.update(n_pseudo_positives=n_pp, n_merged=info["n_merged"], mining=active)
             else:
-                losses = model(images, targets)
+                losses = net(images, targets)
                 total = sum(losses.values())
             if not torch.isfinite(total):
                 raise FloatingPointError(f"train_detector: loss became {total.item()} at step {step} ({ {k: float(v) for k, v in losses.items()} }); lower lr={lr}")
@@ -659,9 +664,13 @@ def train_detector(model: SparseDetRCNN, dataset, cfg: SparseDetConfig | None = 
                          f" pseudo-positives {row['n_pseudo_positives']}" if sparsedet else "")
     model.eval()
     history.seconds = time.time() - t0
+    if ctx.distributed:
+        broadcast_module(model, ctx)                 # BatchNorm statistics of the last step: rank 0's, as DDP broadcasts them
+        logs, mlog = gather_objects(mlog.to_dict(), ctx), MiningLog(mlog.tau_ppm, mlog.min_objectness)
+        for d in logs: mlog.records += MiningLog.from_dict(d).records
     info = dict(mode=mode, steps=steps, batch_size=batch_size, lr=lr, warmup_ppm=warmup_ppm if sparsedet else None, seed=seed,
                 seconds=round(history.seconds, 2), config=cfg.as_dict() if sparsedet else None,
-                model=getattr(model, "config", None), device=str(device))
+                model=getattr(model, "config", None), device=str(device), world_size=ctx.world_size)
     return TrainResult(model, history, parts=dict(mining_log=mlog), info=info)
 
 # %% ../../nbs/51_sparsedet.ipynb #91bb21d4

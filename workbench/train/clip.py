@@ -17,6 +17,7 @@ from ..data.worlds import OBJECT_CATEGORIES, ObjectWorld
 from ..models.clip import (THING_CLASSES, VIEW_CLASSES, VIEW_PHRASES, blob_masks, image_config, mask_images,
                                    preprocess_images, present_classes, view_caption, view_class_map, view_mask)
 from ..models.transforms import dihedral, unit_float
+from .distributed import broadcast_module, ddp, dist_context, gather_cat, gather_objects, rank_generator
 from .loop import TrainHistory, TrainResult, cosine_schedule, param_groups
 
 log = get_logger(__name__)
@@ -172,7 +173,9 @@ def train_clip(model: nn.Module, world, steps: int, batch_size: int = 64, lr: fl
     """Train an open_clip CLIP on an aerial world, an object world, or a pool (`AerialPairs`, `ObjectPairs`, anything with
     `batch(batch_size, generator, masked_fraction)`) with `DedupClipLoss`, AdamW and a cosine schedule.
     The history logs `step`, `loss`, `lr`, `logit_scale`, `masked_fraction` and `seconds` at every step. `callback(step, model)`
-    runs every `callback_every` steps (e.g. an evaluation); the model is left in eval mode."""
+    runs every `callback_every` steps (e.g. an evaluation); the model is left in eval mode.
+    Under torchrun (`train.distributed`) `batch_size` is per rank: each rank draws its own stream of pairs (`rank_generator`),
+    the model runs in DDP, and the loss is taken over the features gathered from every rank (one global batch)."""
     if steps < 1 or batch_size < 2: raise InputError(f"train_clip: steps={steps}, batch_size={batch_size}; valid: steps >= 1, batch_size >= 2")
     if not 0 <= masked_fraction <= 1: raise InputError(f"train_clip: masked_fraction={masked_fraction}; valid: a fraction in [0, 1]")
     if callable(getattr(world, "batch", None)): pairs = world
@@ -187,18 +190,21 @@ def train_clip(model: nn.Module, world, steps: int, batch_size: int = 64, lr: fl
     opt = torch.optim.AdamW(param_groups(model, weight_decay, no_decay=CLIP_NO_DECAY), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     warmup = max(1, steps // 20) if warmup is None else max(1, warmup)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, steps, 1.0, warmup=warmup))
-    loss_fn, gen, tokens = DedupClipLoss(), torch_generator(seed), {}
+    ctx = dist_context()
+    net = ddp(model, ctx)
+    loss_fn, gen, tokens = DedupClipLoss(), rank_generator(seed, ctx), {}
     hist = TrainHistory("clip")
     t0 = time.time()
-    for step in progress(range(steps), desc="train clip", total=steps):
+    for step in progress(range(steps), desc="train clip", total=steps, disable=not ctx.is_main):
         imgs, caps, kinds = pairs.batch(batch_size, gen, masked_fraction)
         new = [c for c in dict.fromkeys(caps) if c not in tokens]
         if new: tokens.update(zip(new, tokenizer(new)))
-        uniq = {c: j for j, c in enumerate(dict.fromkeys(caps))}
-        ids = torch.tensor([uniq[c] for c in caps], device=device)
+        all_caps = [c for cs in gather_objects(caps, ctx) for c in cs]                 # every rank's captions, in rank order
+        uniq = {c: j for j, c in enumerate(dict.fromkeys(all_caps))}
+        ids = torch.tensor([uniq[c] for c in all_caps], device=device)
         text = torch.stack([tokens[c] for c in caps]).to(device)
-        img_f, txt_f, scale = model(preprocess_images(imgs.to(device), cfg), text)[:3]
-        loss = loss_fn(img_f, txt_f, scale, ids)
+        img_f, txt_f, scale = net(preprocess_images(imgs.to(device), cfg), text)[:3]
+        loss = loss_fn(gather_cat(img_f, ctx), gather_cat(txt_f, ctx), scale, ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip: nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -209,6 +215,7 @@ def train_clip(model: nn.Module, world, steps: int, batch_size: int = 64, lr: fl
                  seconds=round(time.time() - t0, 2))
         if callback is not None and callback_every and ((step + 1) % callback_every == 0 or step + 1 == steps):
             model.eval(); callback(step + 1, model); model.train()
+    broadcast_module(model, ctx)                      # BatchNorm statistics (ResNet tower): rank 0's on every rank
     model.eval()
     hist.seconds = time.time() - t0
     return TrainResult(model, hist)

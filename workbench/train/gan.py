@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import InputError, get_logger, progress, torch_generator
+from .distributed import average_gradients, broadcast_module, dist_context, shard
 from .loop import TrainHistory, TrainResult, ema_update_
 
 log = get_logger("train.gan")
@@ -25,40 +26,44 @@ __all__ = ['log', 'train_gan']
 def train_gan(G: nn.Module, D: nn.Module, images: torch.Tensor, steps: int, batch_size: int = 16,
               lr: float = 0.002, betas: tuple = (0.5, 0.99), r1_gamma: float = 0.1, r1_every: int = 16, ema_kimg: float = 2.0,
               seed: int = 0, device="cpu", log_every: int = 25, callback=None) -> TrainResult:
-    "Train `G` against `D` on uint8 `images` (N, 3, H, W) for `steps` steps; the result's model is the EMA generator, its parts the trained `generator` and `discriminator`."
+    """Train `G` against `D` on uint8 `images` (N, 3, H, W) for `steps` steps; the result's model is the EMA generator, its parts the trained `generator` and `discriminator`.
+    Under torchrun (`train.distributed`) `batch_size` is per rank: every rank draws the global batch and keeps its slice, and
+    the gradients of G and D are averaged over the ranks after each backward (D runs several forwards per step and R1 a double backward)."""
     if steps < 1 or batch_size < 2: raise InputError(f"steps={steps}, batch_size={batch_size}: need steps >= 1 and batch_size >= 2")
     device = torch.device(device)
     torch.manual_seed(seed)
     G, D = G.to(device).train(), D.to(device).train()
+    ctx = dist_context()
+    broadcast_module(G, ctx); broadcast_module(D, ctx)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas, eps=1e-8)
     c = r1_every / (r1_every + 1)
     opt_d = torch.optim.Adam(D.parameters(), lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8)
     gen = torch_generator(seed)
-    beta = 0.5 ** (batch_size / max(ema_kimg * 1000, 1e-8))
+    beta = 0.5 ** (batch_size * ctx.world_size / max(ema_kimg * 1000, 1e-8))
     hist, t0 = TrainHistory("gan"), time.time()
     z_dim = G.z_dim
     def real_batch():
-        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        idx = shard(torch.randint(len(images), (batch_size * ctx.world_size,), generator=gen), ctx)
         return (images[idx].to(device).float() / 127.5 - 1)
-    def latents(): return torch.randn(batch_size, z_dim, generator=gen).to(device)
+    def latents(): return shard(torch.randn(batch_size * ctx.world_size, z_dim, generator=gen), ctx).to(device)
     r1_val = 0.0
-    for step in progress(range(steps), desc="training GAN"):
+    for step in progress(range(steps), desc="training GAN", disable=not ctx.is_main):
         # discriminator: logistic loss on real and fake
         real, fake = real_batch(), G(latents()).detach()
         d_real, d_fake = D(real), D(fake)
         d_loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
-        opt_d.zero_grad(set_to_none=True); d_loss.backward(); opt_d.step()
+        opt_d.zero_grad(set_to_none=True); d_loss.backward(); average_gradients(D.parameters(), ctx); opt_d.step()
         # lazy R1 on real images
         if r1_gamma > 0 and step % r1_every == 0:
             real = real_batch().requires_grad_(True)
             grad, = torch.autograd.grad(D(real).sum(), real, create_graph=True)
             r1 = grad.square().sum(dim=(1, 2, 3)).mean()
-            opt_d.zero_grad(set_to_none=True); (r1 * (r1_gamma / 2) * r1_every).backward(); opt_d.step()
+            opt_d.zero_grad(set_to_none=True); (r1 * (r1_gamma / 2) * r1_every).backward(); average_gradients(D.parameters(), ctx); opt_d.step()
             r1_val = r1.item()
         # generator: non-saturating loss
         g_loss = F.softplus(-D(G(latents()))).mean()
-        opt_g.zero_grad(set_to_none=True); g_loss.backward(); opt_g.step()
+        opt_g.zero_grad(set_to_none=True); g_loss.backward(); average_gradients(G.parameters(), ctx); opt_g.step()
         ema_update_(G_ema, G, beta, buffers=True)
         if step % log_every == 0 or step == steps - 1:
             hist.log(step=step, d_loss=d_loss.item(), g_loss=g_loss.item(), r1=r1_val,

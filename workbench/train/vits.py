@@ -19,6 +19,7 @@ from ..core import InputError, get_device, get_logger, one_of, seeded, torch_gen
 from ..core import progress as _progress
 from ..models.transforms import grayscale, normalize, unit_float
 from ..models.vits import OBJECT_MEAN, OBJECT_STD, SUPERVISIONS, _model_device
+from .distributed import all_reduce_mean, ddp, dist_context, shard
 from .loop import TrainHistory, TrainResult, batch_indices, cosine_schedule, ema_update_, make_optimizer
 
 log = get_logger("train.vits")
@@ -27,8 +28,8 @@ log = get_logger("train.vits")
 __all__ = ['log', 'SUPERVISED_VIEW', 'DINO_GLOBAL_VIEWS', 'DINO_LOCAL_VIEW', 'MAE_VIEW', 'ViewSpec', 'random_crop_boxes',
            'crop_resize', 'gaussian_blur', 'rotate_hue', 'make_views', 'train_supervised', 'DINOHead', 'MultiCropNet',
            'koleo_loss', 'DINOLoss', 'sinkhorn_knopp', 'train_dino', 'patchify', 'unpatchify', 'patch_targets',
-           'PatchMask', 'random_masking', 'encode_visible', 'sincos_pos_embed', 'MAEDecoder', 'mae_loss', 'train_mae',
-           'mae_reconstruct', 'train_object_vit']
+           'PatchMask', 'random_masking', 'encode_visible', 'sincos_pos_embed', 'MAENet', 'MAEDecoder', 'mae_loss',
+           'train_mae', 'mae_reconstruct', 'train_object_vit']
 
 # %% ../../nbs/28c_train_vits.ipynb #d5df138a
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def _fit(supervision: str, opt: torch.optim.Optimizer, steps: int, loss_step: Ca
     wd0, wd1 = (weight_decay, weight_decay) if isinstance(weight_decay, (int, float)) else tuple(weight_decay)
     params = [p for g in opt.param_groups for p in g["params"]]
     hist, t0 = TrainHistory(supervision), time.time()
-    for step in _progress(range(steps), desc=f"train {supervision}", total=steps):
+    for step in _progress(range(steps), desc=f"train {supervision}", total=steps, disable=not dist_context().is_main):
         lr_now, wd_now = cosine_schedule(step, steps, lr, min_lr, warmup), cosine_schedule(step, steps, wd0, wd1)
         for g in opt.param_groups:
             g["lr"] = lr_now
@@ -173,14 +174,15 @@ def train_supervised(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     num_classes = int(num_classes or (model.num_classes if model.num_classes > 0 else int(labels.max()) + 1))
     with seeded(seed):
         if model.num_classes != num_classes: model.reset_classifier(num_classes)
-        device, gen = _prepare(model, device), torch_generator(seed)
-        batches = batch_indices(len(images), batch_size, gen)
+        device, gen, ctx = _prepare(model, device), torch_generator(seed), dist_context()
+        batches = batch_indices(len(images), batch_size * ctx.world_size, gen)      # the global batch; each rank keeps its slice
         opt = make_optimizer(model, lr, weight_decay)
+        net = ddp(model, ctx)
 
         def loss_step(step):
             idx = next(batches)
-            x, y = make_views(images[idx].to(device), view, gen), labels[idx].to(device)
-            logits = model(x)
+            x, y = shard(make_views(images[idx].to(device), view, gen), ctx), shard(labels[idx], ctx).to(device)
+            logits = net(x)
             return F.cross_entropy(logits, y, label_smoothing=label_smoothing), dict(accuracy=float((logits.argmax(1) == y).float().mean()))
 
         hist = _fit("supervised", opt, steps, loss_step, lr, min_lr, max(1, steps // 10) if warmup is None else warmup,
@@ -280,7 +282,8 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor):
         "center ← m·center + (1 − m)·mean of this batch's teacher outputs."
-        self.center.mul_(self.center_momentum).add_(teacher_out.mean(0, keepdim=True), alpha=1 - self.center_momentum)
+        batch_center = all_reduce_mean(teacher_out.mean(0, keepdim=True))          # over every rank's batch under torchrun
+        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
 @torch.no_grad()
 def sinkhorn_knopp(logits: torch.Tensor, iters: int = 3) -> torch.Tensor:
@@ -314,8 +317,10 @@ def train_dino(model: nn.Module, images: torch.Tensor, steps: int, batch_size: i
         student = MultiCropNet(model, head).to(device).train()
         teacher = copy.deepcopy(student).requires_grad_(False)
         loss_fn = DINOLoss(out_dim, student_temp, center_momentum, centering, koleo_weight=koleo_weight).to(device)
-        batches = batch_indices(len(images), batch_size, gen)
+        ctx = dist_context()
+        batches = batch_indices(len(images), batch_size * ctx.world_size, gen)
         opt = make_optimizer(student, lr, weight_decay if isinstance(weight_decay, (int, float)) else weight_decay[0])
+        student_net = ddp(student, ctx, find_unused_parameters=not isinstance(getattr(model, "head", None), nn.Identity))   # a classifier head DINO never uses
         temp_steps = max(1, int(teacher_temp_warmup * steps))
         freeze = max(1, steps // 100) if freeze_last_layer is None else freeze_last_layer
         temp = lambda s: warmup_teacher_temp + (teacher_temp - warmup_teacher_temp) * min(1.0, s / temp_steps)
@@ -323,12 +328,12 @@ def train_dino(model: nn.Module, images: torch.Tensor, steps: int, batch_size: i
 
         def loss_step(step):
             x = images[next(batches)].to(device)
-            globals_ = [make_views(x, v, gen) for v in global_views]
-            locals_ = [make_views(x, local_view, gen) for _ in range(n_local)]
+            globals_ = [shard(make_views(x, v, gen), ctx) for v in global_views]
+            locals_ = [shard(make_views(x, local_view, gen), ctx) for _ in range(n_local)]
             with torch.no_grad():
                 t_out = teacher(globals_)
                 p = loss_fn.teacher_probs(t_out, temp(step))
-            s_out, s_feats = student(globals_ + locals_, return_features=True)
+            s_out, s_feats = student_net(globals_ + locals_, return_features=True)
             loss = loss_fn(s_out, t_out, temp(step), student_features=s_feats)
             h_t = float(_entropy(p).mean())
             extra = dict(teacher_temp=temp(step), momentum=mom(step), teacher_entropy=h_t, batch_entropy=float(_entropy(p.mean(0))),
@@ -405,6 +410,14 @@ def sincos_pos_embed(grid: tuple[int, int], dim: int, n_prefix: int = 1) -> torc
     pe = build_sincos2d_pos_embed(list(grid), dim)
     return torch.cat([torch.zeros(n_prefix, dim), pe])[None]
 
+class MAENet(nn.Module):
+    "The encoder on the visible patches and the decoder as one module: one forward per step, which DDP can wrap."
+    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+    def forward(self, images: torch.Tensor, keep: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
+        return self.decoder(encode_visible(self.encoder, images, keep), restore)
+
 class MAEDecoder(nn.Module):
     "MAE's decoder: embed the encoder's tokens, fill masked places with a mask token, add fixed positions, a few blocks, predict patch pixels."
     def __init__(self, embed_dim: int, grid: tuple[int, int], patch_size: int, decoder_dim: int = 96, depth: int = 2,
@@ -455,13 +468,16 @@ def train_mae(model: nn.Module, images: torch.Tensor, steps: int, batch_size: in
         if fixed_pos_embed:
             with torch.no_grad(): model.pos_embed.copy_(sincos_pos_embed(grid, model.embed_dim).to(model.pos_embed))
             model.pos_embed.requires_grad_(False)
-        batches = batch_indices(len(images), batch_size, gen)
+        ctx = dist_context()
+        batches = batch_indices(len(images), batch_size * ctx.world_size, gen)
         opt = make_optimizer([model, decoder], lr, weight_decay, betas=(0.9, 0.95))
+        net = ddp(MAENet(model, decoder), ctx)
 
         def loss_step(step):
             x = make_views(images[next(batches)].to(device), view, gen)
             plan = random_masking(len(x), grid[0] * grid[1], mask_ratio, gen, device)
-            pred = decoder(encode_visible(model, x, plan.keep), plan.restore)
+            if ctx.distributed: x, plan = shard(x, ctx), PatchMask(*(shard(t, ctx) for t in (plan.keep, plan.restore, plan.mask)))
+            pred = net(x, plan.keep, plan.restore)
             return mae_loss(pred, patch_targets(x, ps, norm_pix), plan.mask), {}
 
         try:
