@@ -30,7 +30,8 @@ log = get_logger("runs")
 # %% auto #0
 __all__ = ['log', 'DRY_RUN_NOTE', 'Run', 'start_run', 'nbs_dir', 'NotebookInfo', 'notebook_info', 'list_notebooks',
            'find_notebook', 'parse_value', 'expected_types', 'value_range', 'check_params', 'git_commit', 'environment',
-           'RunFailed', 'new_run_dir', 'prepare_run_dir', 'Terminated', 'signal_name', 'run_notebook', 'list_runs']
+           'RunFailed', 'new_run_dir', 'prepare_run_dir', 'Terminated', 'signal_name', 'run_notebook', 'run_status',
+           'list_runs']
 
 # %% ../nbs/01_runs.ipynb #55bad600
 @dataclass
@@ -375,6 +376,12 @@ def _alive(pid) -> bool:
     except (PermissionError, OSError, TypeError, ValueError): return True
     return True
 
+def run_status(st: dict) -> str:
+    "The status a run's `status.json` content `st` stands for: `stale` when it says running on this host but its process is gone."
+    status = st.get("status", "?")
+    if status == "running" and st.get("host") == platform.node() and "pid" in st and not _alive(st["pid"]): return "stale"
+    return status
+
 def _headline(metrics: dict) -> str:
     qb = metrics.get("quality_bar")
     if isinstance(qb, dict) and "passes" in qb: return f"quality_bar.passes={qb['passes']}"
@@ -392,9 +399,7 @@ def list_runs(folder: Path | None = None) -> list[dict]:
         try: st = read_json(sp)
         except (OSError, ValueError): st = dict(status="unreadable")
         d = sp.parent
-        status = st.get("status", "?")
-        if status == "running" and st.get("host") == platform.node() and "pid" in st and not _alive(st["pid"]):
-            status = "stale"
+        status = run_status(st)
         try: params = read_json(d / "params.json") if (d / "params.json").exists() else {}
         except (OSError, ValueError): params = {}
         try: metrics = read_json(d / "metrics.json") if (d / "metrics.json").exists() else {}

@@ -12,7 +12,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from .core import (InputError, WorkbenchError, atomic_write_bytes, get_logger, load_settings, one_of, project_settings_file,
                    read_json, user_settings_file, write_json)
-from .runs import NotebookInfo, RunFailed, _alive, _now, check_params, find_notebook, parse_value, run_notebook
+from .runs import NotebookInfo, RunFailed, _now, check_params, find_notebook, parse_value, run_notebook, run_status
 
 log = get_logger("sweeps")
 
@@ -158,8 +157,7 @@ def point_state(sweep: Sweep, point: dict) -> dict:
         return dict(status="submitted" if point.get("job_id") else "pending")
     try: st = read_json(sp)
     except (OSError, ValueError): return dict(status="unreadable", error=f"{sp} cannot be read")
-    status = st.get("status", "?")
-    if status == "running" and st.get("host") == platform.node() and "pid" in st and not _alive(st["pid"]): status = "stale"
+    status = run_status(st)
     if status == "running" and point.get("job_error"): status, st["error"] = "failed", point["job_error"]
     return dict(status=status, error=st.get("error"), seconds=st.get("seconds"), cell_index=st.get("cell_index"))
 
