@@ -1,12 +1,12 @@
 """The browsers in a real browser (marker `browser`). JupyterLab runs `tests/browser_fixtures/browsers.ipynb`, which
-builds every browser small (neuron, attention, CKA, by-layer, pseudo-positive, saliency, query explorer), and chromium,
-driven by Playwright, works each browser's controls as a user would: picks from a dropdown, types into a text box,
-moves a slider with the arrow keys, clicks a toggle, a checkbox or a button. Each action must change the rendered
-image (its `src`, to a picture that loads); the images are shown at their natural size, no control's label is cut
-off, and at the end neither the page's console, nor the kernel (every `error` message on its iopub channel, its
-stderr), nor the server's log, nor any cell or widget output holds an error. JupyterLab runs in a temporary folder
-with its own settings (`windowingMode: "none"`, so every cell is in the page; news and update checks off), token off,
-`--ServerApp.allow_root` when root, and is shut down also when a test fails.
+builds every browser small (neuron, attention, CKA, by-layer, pseudo-positive, saliency, query explorer,
+correspondence), and chromium, driven by Playwright, works each browser's controls as a user would: picks from a
+dropdown, types into a text box, moves a slider with the arrow keys, clicks a toggle, a checkbox or a button. Each
+action must change the rendered image (its `src`, to a picture that loads); the images are shown at their natural size,
+no control's label is cut off, and at the end neither the page's console, nor the kernel (every `error` message on its
+iopub channel, its stderr), nor the server's log, nor any cell or widget output holds an error. JupyterLab runs in a
+temporary folder with its own settings (`windowingMode: "none"`, so every cell is in the page; news and update checks
+off), token off, `--ServerApp.allow_root` when root, and is shut down also when a test fails.
 
 Needs chromium (Debian's: `apt-get install chromium`; `WORKBENCH_CHROMIUM` names another binary) and playwright
 (`pip install playwright`; its own browser download is not used). Without them these tests skip with the reason,
@@ -33,7 +33,7 @@ FIXTURE = Path(__file__).resolve().parent / "browser_fixtures" / "browsers.ipynb
 CHROMIUM = os.environ.get("WORKBENCH_CHROMIUM") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-BROWSERS = ("neuron", "attention", "cka", "by_layer", "ppm", "saliency", "query")
+BROWSERS = ("neuron", "attention", "cka", "by_layer", "ppm", "saliency", "query", "correspondence")
 WAIT_MS = 60_000          # one render on a loaded 2-core machine takes well under this
 
 
@@ -436,4 +436,20 @@ def test_query_explorer(nb):
     nb.type(b, "template", "a photo")                       # a template without {label}: one red line, no picture
     nb.wait_text(b, "info", "needs {label}")
     nb.changes(b, lambda: nb.type(b, "template", "a photo of a {label}."), "a valid template", from_empty=True)
+    nb.finish(b)
+
+
+def test_correspondence_browser(nb):
+    b = "correspondence"
+    nb.changes(b, lambda: nb.choose(b, "keypoint"), "the keypoint dropdown")
+    nb.changes(b, lambda: nb.check(b, "show_gt"), "the ground-truth checkbox")
+    nb.changes(b, lambda: nb.choose(b, "size", "64 px"), "the input-size dropdown")
+    nb.wait_text(b, "info", "64×64 px")
+    nb.changes(b, lambda: nb.keys(b, "x", "ArrowRight", "ArrowRight"), "the x slider")
+    nb.wait_text(b, "info", "custom point")
+    nb.changes(b, lambda: nb.keys(b, "y", "ArrowLeft"), "the y slider")
+    nb.changes(b, lambda: nb.choose(b, "target", "pair 1 · target"), "the target dropdown")
+    nb.wait_text(b, "info", "images of different pairs")
+    nb.changes(b, lambda: nb.choose(b, "source", "pair 1 · source"), "the source dropdown")
+    nb.changes(b, lambda: nb.choose(b, "keypoint"), "a keypoint after the custom point")
     nb.finish(b)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from workbench.core import InputError
 from workbench.eval import localization
-from workbench.eval.localization import best_box_iou, cam_boxes, gt_known_loc, localization_hits, localization_hits_at, max_box_acc
+from workbench.eval.localization import (best_box_iou, box_best_iou, cam_boxes, corloc, gt_known_loc, localization_hits,
+                                         localization_hits_at, max_box_acc)
 from workbench.eval.maps import SaliencyMaps, normalize_maps
 
 
@@ -314,3 +315,37 @@ GT1 = [torch.tensor([[0.0, 0.0, 2.0, 2.0]])]
 def test_bad_input_names_the_argument(call, name):
     assert_names_argument(call, name)
 
+
+
+# ---- CorLoc (one box per image; IoU strictly above the level)
+
+CORLOC_PRED = torch.tensor([[0., 0., 4., 4.], [0., 0., 2., 1.], [0., 0., 4., 4.], [5., 5., 6., 6.]])
+CORLOC_GT = [torch.tensor([[0., 0., 4., 4.]]),                        # the same box: IoU 1
+             torch.tensor([[0., 0., 1., 1.]]),                        # 1 px of 2: IoU exactly 0.5
+             torch.tensor([[10., 10., 12., 12.], [0., 0., 4., 3.]]),  # the best of two: 12/16
+             torch.zeros(0, 4)]                                       # no ground truth
+
+
+def test_box_best_iou_takes_the_most_overlapping_gt_box():
+    assert box_best_iou(CORLOC_PRED, CORLOC_GT).tolist() == [1.0, 0.5, 0.75, 0.0]
+
+
+def test_corloc_counts_iou_strictly_above_one_half():
+    assert corloc(CORLOC_PRED, CORLOC_GT) == 0.5              # 1.0 and 0.75 count, exactly 0.5 and 0 do not
+    assert corloc(CORLOC_PRED[1:2], CORLOC_GT[1:2]) == 0.0    # IoU exactly 0.5 is a miss
+    assert corloc(CORLOC_PRED[1:2], CORLOC_GT[1:2], iou=0.49) == 1.0
+    assert corloc(list(CORLOC_PRED), CORLOC_GT) == 0.5        # a list of (4,) boxes
+    assert corloc(CORLOC_PRED[:2], torch.tensor([[0., 0., 4., 4.], [0., 0., 2., 2.]])) == 0.5  # (N, 4): one GT box each
+    assert corloc(np.array([[0., 0., 2., 2.]]), [np.array([[1., 0., 3., 2.]])]) == 0.0          # IoU 1/3, numpy inputs
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: corloc(CORLOC_PRED, CORLOC_GT[:3]), "gt_boxes"),                 # 3 entries for 4 boxes
+    (lambda: corloc(CORLOC_PRED[0], CORLOC_GT[:1]), "pred_boxes"),            # one (4,) box, not (N, 4)
+    (lambda: corloc(torch.zeros(0, 4), []), "pred_boxes"),                    # no boxes
+    (lambda: corloc([torch.zeros(4), torch.zeros(5)], CORLOC_GT[:2]), "pred_boxes"),
+    (lambda: corloc(torch.tensor([[2., 0., 1., 1.]]), CORLOC_GT[:1]), "pred_boxes"),   # x1 < x0
+    (lambda: corloc(CORLOC_PRED, CORLOC_GT, iou=1.5), "iou"),
+])
+def test_corloc_bad_input_names_the_argument(call, name):
+    assert_names_argument(call, name)

@@ -11,7 +11,8 @@ from workbench.data.worlds import ObjectWorld
 from workbench.methods.features import warp_pairs
 from workbench.methods.lift import (LOSSES, LiFT, LiFTConfig, bilinear_upsample, count_params, feature_distance,
                                     feature_pck, flops, lift_cost, lift_loss, lift_objective, load_lift, new_lift,
-                                    pck_rows, save_lift, train_lift, upsampler_pck, vit_features)
+                                    pck_rows, save_lift, train_lift, upsampler_pck, vit_features, feature_cost,
+                                    plain_features, bilinear_features, lift_features, upscaled_features, strided_features)
 from workbench.models.registry import load_model, read_checkpoint
 from workbench.models.vits import new_object_vit
 
@@ -140,7 +141,39 @@ def test_training_with_the_other_losses(vit, pool, loss):
     assert r.info["loss"] == loss and all(np.isfinite(r.history["loss"]))
 
 
+def test_multi_scale_training_draws_its_sizes_and_checks_them(vit, pool):
+    r = train_lift(vit, tiny_lift(), pool[:16], steps=4, batch_size=8, seed=0, sizes=[32, 64], device="cpu")
+    assert r.info["sizes"] == [32, 64] and len(r.history) == 4 and all(np.isfinite(r.history["loss"]))
+    one = train_lift(vit, tiny_lift(), pool[:16], steps=4, batch_size=8, seed=0, sizes=[64], device="cpu")
+    plain = train_lift(vit, tiny_lift(), pool[:16], steps=4, batch_size=8, seed=0, device="cpu")
+    assert one.history["loss"] == plain.history["loss"]          # sizes=[the pool's side] is the default
+    assert r.history["loss"] != plain.history["loss"]
+    for bad in ([], [48], [True], [16]):
+        assert_one_line_error(lambda: train_lift(vit, tiny_lift(), pool[:8], steps=1, batch_size=4, sizes=bad, device="cpu"),
+                              "sizes", "multiples of 4")
+
+
 # ------------------------------------------------------------------ cost
+def test_finer_grids_by_input_and_by_stride_and_their_cost(vit):
+    x = torch.randn(2, 3, 64, 64)
+    assert upscaled_features(vit, 2)(x).shape == (2, 32, 16, 16) and upscaled_features(vit, 1)(x).shape == (2, 32, 8, 8)
+    stride = vit.patch_embed.proj.stride
+    assert strided_features(vit)(x).shape == (2, 32, 15, 15) and strided_features(vit, 8)(x).shape == (2, 32, 8, 8)
+    assert vit.patch_embed.proj.stride == stride                  # restored after the call
+    torch.testing.assert_close(strided_features(vit, 8)(x), vit_features(vit, x))   # stride = patch: the plain ViT
+    assert vit_features(vit, x).shape == (2, 32, 8, 8)
+    assert_one_line_error(lambda: strided_features(vit, 9), "stride", "valid")
+    fixed = new_object_vit(0, embed_dim=32, depth=2, num_heads=2, dynamic_img_size=False).eval()
+    assert_one_line_error(lambda: strided_features(fixed), "vit", "dynamic_img_size")
+    m = tiny_lift()
+    c = feature_cost(vit, {"plain": plain_features(vit), "bilinear": bilinear_features(vit), "LiFT": lift_features(vit, m),
+                           "2x input": upscaled_features(vit), "half stride": strided_features(vit)}, 64)
+    assert c["plain"]["ratio"] == 1.0 and c["bilinear"]["ratio"] == 1.0 and c["LiFT"]["ratio"] > 1
+    assert c["LiFT"]["ratio"] == pytest.approx(lift_cost(vit, m, 64)["ratio"])
+    assert c["2x input"]["ratio"] > 3 and c["half stride"]["ratio"] > 3 and c["half stride"]["grid"] == [15, 15]
+    assert c["LiFT"]["grid"] == c["2x input"]["grid"] == [16, 16]
+
+
 def test_flops_and_cost(vit):
     assert flops(torch.nn.Linear(10, 20), torch.zeros(3, 10)) == 2 * 3 * 10 * 20
     m = tiny_lift()

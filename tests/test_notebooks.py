@@ -38,6 +38,16 @@ METRIC_CHECKS = {
                 and (r["annotation"] == "Oracle" or 0 <= r["f1_unadapted"] <= 1) for r in m["table1"] if r["status"] == "ok"),
     "43_train_object_vits": lambda m: all(math.isfinite(m[s]["final_loss"]) and 0 <= m[s]["knn_accuracy"] <= 1
                                           and m[s]["checkpoint_mb"] > 0 for s in m["supervisions"]),
+    # every table is there with every evaluated size; the bar's numbers are percentages and the LiFT's FLOPs ratio > 1;
+    # the random LiFT, the ablations and every backbone x LiFT pair are reported
+    "47_lift": lambda m: (set(m["quality_bar"]) == {str(s) for s in m["sizes"]}
+        and all(0 <= q[k] <= 100 for q in m["quality_bar"].values() for k in ("bilinear_pck", "lift_pck", "bilinear_jf", "lift_jf"))
+        and all(1 < q["flops_ratio"] < 2 for q in m["quality_bar"].values())
+        and all(set(r) >= {f"{s} px" for s in m["sizes"]} for t in ("table_8_1", "table_8_2", "table_8_4") for r in m[t])
+        and {r["features"] for r in m["table_8_9"]} >= {"random LiFT", "LiFT, no image", "LiFT, L1 loss", "LiFT, L2 loss",
+                                                        "2xLiFT", "ViT 2x input", "ViT half stride"}
+        and len(m["table_8_7"]) == len(m["backbones"]) and all(len(r) == len(m["backbones"]) + 2 for r in m["table_8_7"])
+        and all(0 <= v["corloc"] <= 1 for d in m["corloc"].values() for v in d.values())),
     "44_vit_supervision": lambda m: (len(m["models"]) == 3 and m["n_images"] >= 200
         and all(len(m["attention"][k]["distance_mean"]) == len(m["layers"]) == 6 for k in m["models"])
         and all(0 < d < 1 for k in m["models"] for d in m["attention"][k]["distance_mean"])

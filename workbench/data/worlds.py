@@ -28,8 +28,8 @@ log = get_logger("worlds")
 __all__ = ['log', 'SIZES', 'AERIAL_CLASSES', 'AERIAL_SEMANTIC', 'GROUNDS', 'DEFAULT_GSD', 'PLANE_TYPES', 'PLANE_WEIGHTS',
            'DEFAULT_LENGTH', 'AERIAL_PRESETS', 'OBJECT_CATEGORIES', 'BACKGROUNDS', 'WORLDS', 'LAYOUTS', 'check_size',
            'rounded_cos', 'rounded_sin', 'rounded_tan', 'AerialConfig', 'aerial_caption', 'render_aerial', 'World',
-           'AerialWorld', 'ObjectConfig', 'object_caption', 'render_objects', 'ObjectWorld', 'foreground_mask',
-           'make_world', 'materialize', 'synthesize']
+           'AerialWorld', 'paint_object', 'ObjectConfig', 'object_caption', 'render_objects', 'ObjectWorld',
+           'foreground_mask', 'make_world', 'materialize', 'synthesize']
 
 # %% ../../nbs/11_worlds.ipynb #1fac0298
 SIZES = (64, 128, 256)
@@ -898,16 +898,24 @@ def _object_parts(rng, u, v, s: float, category: str) -> list[tuple[np.ndarray, 
 
 _UPRIGHT = {"fish": 0.5, "house": 0.3, "mushroom": 0.35, "flower": 0.35, "tree": 0.25, "mug": 0.4, "star": math.pi, "car": 0.3}
 
+def paint_object(cv: _Canvas, cx, cy, s: float, angle: float, flip: bool, category: str, rng: np.random.Generator,
+                 inst: int, sem: int | None = None):
+    "Paint one object of `category` centred at (cx, cy), size `s` px, turned by `angle` (mirrored when `flip`) as instance `inst`; its shape and colours come from `rng`. Returns the window painted (None when it misses the canvas)."
+    win = cv.window(cx, cy, 0.75 * s + 1)
+    if win is None: return None
+    u, v = cv.uv(win, cx, cy, angle)
+    if flip: u = -u
+    for d, color in _object_parts(rng, u, v, s, category):
+        cv.paint(win, _cov(d), color, sem=sem, inst=inst)
+    return win
+
 def _draw_object(cv: _Canvas, cx, cy, s: float, category: str, label: int, distractor: bool) -> int:
     "Paint one object centred at (cx, cy) with size `s` px, random pose; register it as an instance and return its id."
     rng = cv.rng
-    win = cv.window(cx, cy, 0.75 * s + 1)
     ang = rng.uniform(-1, 1) * _UPRIGHT[category]
-    u, v = cv.uv(win, cx, cy, ang)
-    if rng.random() < 0.5: u = -u
+    flip = rng.random() < 0.5
     k = cv.new_instance(label=label, category=category, is_distractor=distractor, size_px=round(s, 2))
-    for d, color in _object_parts(rng, u, v, s, category):
-        cv.paint(win, _cov(d), color, sem=label + 1, inst=k)
+    win = paint_object(cv, cx, cy, s, ang, flip, category, rng, k, sem=label + 1)
     cv.drawn[k - 1] = int(np.count_nonzero(cv.ids[win] == k))
     return k
 

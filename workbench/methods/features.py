@@ -30,9 +30,9 @@ log = get_logger("features")
 # %% auto #0
 __all__ = ['log', 'POOLS', 'KNN_K', 'KNN_T', 'PCK_ALPHAS', 'pool_tokens', 'LayerFeatures', 'collect_features', 'purity_score',
            'cluster_scores', 'cluster_by_layer', 'knn_predict', 'knn_classify', 'knn_by_layer', 'patch_index',
-           'patch_centres', 'keypoint_transfer', 'pck_size', 'pck', 'similarity_warp', 'warp_points', 'warp_image',
-           'warp_pairs', 'spair_pairs', 'KeypointResult', 'keypoint_pck', 'best_layer_table', 'table_markdown',
-           'ViTEvaluation', 'evaluate_object_vit']
+           'patch_centres', 'point_similarity', 'keypoint_transfer', 'pck_size', 'pck', 'PointMatch', 'match_point',
+           'similarity_warp', 'warp_points', 'warp_image', 'warp_pairs', 'spair_pairs', 'KeypointResult',
+           'keypoint_pck', 'best_layer_table', 'table_markdown', 'ViTEvaluation', 'evaluate_object_vit']
 
 # %% ../../nbs/42_features.ipynb #f72b5314
 POOLS = ("cls", "mean")
@@ -198,14 +198,18 @@ def patch_centres(index: torch.Tensor, image_size, grid) -> torch.Tensor:
     index = torch.as_tensor(index).long()
     return torch.stack([((index % w).double() + 0.5) * W / w, ((index // w).double() + 0.5) * H / h], 1)
 
-def keypoint_transfer(src_feats: torch.Tensor, trg_feats: torch.Tensor, src_kps, src_size, trg_size) -> torch.Tensor:
-    "Predicted target keypoints (K, 2) (x, y pixels): the centre of the target patch most cosine-similar to each source keypoint's patch feature."
+def point_similarity(src_feats: torch.Tensor, trg_feats: torch.Tensor, src_kps, src_size) -> torch.Tensor:
+    "Cosine similarity (K, h, w) of each source keypoint's patch feature (the patch it falls in) to every position of the target's dense features (h, w, D)."
     if src_feats.ndim != 3 or trg_feats.ndim != 3 or src_feats.shape[-1] != trg_feats.shape[-1]:
         raise InputError(f"keypoint_transfer: dense features (h, w, D) expected, got {tuple(src_feats.shape)} and {tuple(trg_feats.shape)}")
     src = F.normalize(src_feats.flatten(0, 1).float(), dim=1)
     trg = F.normalize(trg_feats.flatten(0, 1).float(), dim=1)
     q = src[patch_index(src_kps, src_size, src_feats.shape[:2]).to(src.device)]
-    best = (q @ trg.T).argmax(1).cpu()
+    return (q @ trg.T).reshape(-1, *trg_feats.shape[:2])
+
+def keypoint_transfer(src_feats: torch.Tensor, trg_feats: torch.Tensor, src_kps, src_size, trg_size) -> torch.Tensor:
+    "Predicted target keypoints (K, 2) (x, y pixels): the centre of the target patch most cosine-similar to each source keypoint's patch feature."
+    best = point_similarity(src_feats, trg_feats, src_kps, src_size).flatten(1).argmax(1).cpu()
     return patch_centres(best, trg_size, trg_feats.shape[:2])
 
 def pck_size(box) -> float:
@@ -218,6 +222,34 @@ def pck(pred, gt, box, alphas: Sequence[float] = PCK_ALPHAS) -> dict[float, floa
     err = (torch.as_tensor(pred, dtype=torch.float64) - torch.as_tensor(gt, dtype=torch.float64)).norm(dim=-1)
     size = pck_size(box)
     return {a: float((err <= a * size).double().mean()) for a in alphas}
+
+# %% ../../nbs/42_features.ipynb #cc7f75d6
+@dataclass
+class PointMatch:
+    "One source point looked up in a target with one feature function: the cosine similarity (h, w) of its patch feature to every target position, the match (the centre of the most similar cell, what `keypoint_transfer` predicts), the similarity there, and the error in pixels when the true target point `gt` is known."
+    name: str
+    point: torch.Tensor               # (2,) x, y in source pixels
+    similarity: torch.Tensor          # (h, w), on the CPU
+    match: torch.Tensor               # (2,) x, y in target pixels
+    score: float
+    gt: torch.Tensor | None = None    # (2,) x, y in target pixels
+
+    @property
+    def grid(self) -> tuple[int, int]: return tuple(self.similarity.shape)
+
+    @property
+    def error(self) -> float | None:
+        "Distance in target pixels from the match to the true point (None when unknown)."
+        return None if self.gt is None else float((self.match - self.gt).norm())
+
+def match_point(src_feats: torch.Tensor, trg_feats: torch.Tensor, point, src_size, trg_size, gt=None, name: str = "") -> PointMatch:
+    "The `PointMatch` of one (x, y) source pixel `point` between dense features (h, w, D) of a source and a target image of `src_size`, `trg_size` (H, W)."
+    point = torch.as_tensor(point, dtype=torch.float64).reshape(2)
+    sim = point_similarity(src_feats, trg_feats, point, src_size)[0].cpu()
+    match = keypoint_transfer(src_feats, trg_feats, point, src_size, trg_size)[0]
+    gt = None if gt is None else torch.as_tensor(gt, dtype=torch.float64).reshape(2)
+    return PointMatch(name, point, sim, match, float(sim.max()), gt)
+
 
 # %% ../../nbs/42_features.ipynb #39dd3e1c
 def similarity_warp(size, angle: float = 0.0, scale: float = 1.0, translate=(0.0, 0.0), perspective=(0.0, 0.0)) -> torch.Tensor:

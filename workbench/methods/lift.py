@@ -30,8 +30,9 @@ log = get_logger("lift")
 # %% auto #0
 __all__ = ['log', 'LOSSES', 'FeatureFn', 'LIFT_ARCH', 'LiFTConfig', 'conv_block', 'resize_grid', 'bilinear_upsample', 'LiFT',
            'count_params', 'new_lift', 'vit_features', 'feature_distance', 'downscale', 'lift_objective', 'lift_loss',
-           'train_lift', 'flops', 'lift_cost', 'plain_features', 'bilinear_features', 'lift_features', 'feature_pck',
-           'upsampler_pck', 'pck_rows', 'lift_model', 'save_lift', 'load_lift']
+           'train_lift', 'flops', 'feature_cost', 'lift_cost', 'plain_features', 'bilinear_features',
+           'upscaled_features', 'strided_features', 'lift_features', 'feature_pck', 'upsampler_pck', 'pck_rows',
+           'lift_model', 'save_lift', 'load_lift']
 
 # %% ../../nbs/45_lift.ipynb #1a13b9a1
 @dataclass
@@ -45,7 +46,7 @@ class LiFTConfig(ProfileConfig):
     use_image: bool = True
     residual: bool = True
     PROFILES: ClassVar[dict] = {
-        "small": dict(dim=128, patch_size=8, image_width=16, image_width_max=32, width=48),
+        "small": dict(dim=128, patch_size=8, image_width=16, image_width_max=32, width=40),
         "thesis": dict(dim=384, patch_size=16, image_width=16, image_width_max=64, width=112),
     }
 
@@ -224,8 +225,8 @@ def lift_loss(vit, lift: LiFT, images: torch.Tensor, loss: str = "cosine", batch
 # %% ../../nbs/45_lift.ipynb #065aa665
 def train_lift(vit, lift: LiFT, images: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                loss: str = "cosine", device=None, min_lr: float = 1e-5, weight_decay: float = 1e-4, warmup: int = 0,
-               grad_clip: float = 1.0, jitter=(0.4, 0.4, 0.2), p_jitter: float = 0.8) -> TrainResult:
-    "Train `lift` (in place) on `images` against the frozen `vit` with the two-scale objective; colour jitter is the only augmentation."
+               grad_clip: float = 1.0, jitter=(0.4, 0.4, 0.2), p_jitter: float = 0.8, sizes: Sequence[int] | None = None) -> TrainResult:
+    "Train `lift` (in place) on `images` against the frozen `vit` with the two-scale objective; colour jitter is the only augmentation. With `sizes`, each step resizes its batch to a side drawn from them (multi-scale training); otherwise every step uses the pool's side."
     one_of("loss", loss, LOSSES)
     _check_pool(images)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1: raise InputError(f"steps: {steps!r}; valid: an integer >= 1")
@@ -233,6 +234,14 @@ def train_lift(vit, lift: LiFT, images: torch.Tensor, steps: int, batch_size: in
     if H != W: raise InputError(f"images: {H}×{W} px; LiFT training takes square images")
     device = get_device(device)
     tower = vision_tower(vit).to(device).eval()
+    ph, _ = _patch_size(tower)
+    bad = lambda s: isinstance(s, bool) or not isinstance(s, int) or s < 4 * ph or s % (4 * ph)
+    if sizes is None:
+        if bad(int(H)): raise InputError(f"images: {H}×{W} px; LiFT training needs sides that are multiples of 4 × the patch size ({4 * ph})")
+        sizes = [int(H)]
+    elif not list(sizes) or any(bad(s) for s in sizes):
+        raise InputError(f"sizes: {sizes!r}; valid: a non-empty list of sides that are multiples of 4 × the patch size ({4 * ph})")
+    sizes = list(sizes)
     if lift.config.dim != getattr(tower, "embed_dim", lift.config.dim):
         raise InputError(f"lift: built for dim={lift.config.dim}, but the ViT's features have {tower.embed_dim} channels")
     cfg = input_config(tower)
@@ -243,9 +252,11 @@ def train_lift(vit, lift: LiFT, images: torch.Tensor, steps: int, batch_size: in
     opt = make_optimizer(lift, lr, weight_decay)
     def step(_):
         x = make_views(images[next(order)].to(device), view, gen, cfg["mean"], cfg["std"])
+        s = sizes[int(torch.randint(len(sizes), (1,), generator=gen))] if len(sizes) > 1 else sizes[0]
+        if s != x.shape[-1]: x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
         return lift_objective(tower, lift, x, loss)
     hist = _fit("lift", opt, steps, step, lr, min_lr, warmup, weight_decay, grad_clip)
-    info = dict(loss=loss, seed=seed, steps=steps, batch_size=batch_size, lr=lr, image_size=[int(H), int(W)],
+    info = dict(loss=loss, seed=seed, steps=steps, batch_size=batch_size, lr=lr, image_size=[int(H), int(W)], sizes=sizes,
                 n_images=len(images), params=count_params(lift))
     return TrainResult(lift.eval(), hist, parts=dict(vit=tower), info=info)
 
@@ -255,6 +266,18 @@ def flops(model_fn: Callable, *inputs) -> int:
     from torch.utils.flop_counter import FlopCounterMode
     with torch.no_grad(), FlopCounterMode(display=False) as counter: model_fn(*inputs)
     return int(counter.get_total_flops())
+
+def feature_cost(vit, features: Mapping[str, Callable], size) -> dict[str, dict]:
+    "FLOPs of each feature function in `features` (name → images → dense grid) on one image of `size` (H, W), its grid, and its ratio to the plain ViT's FLOPs."
+    tower = vision_tower(vit)
+    H, W = (size, size) if isinstance(size, int) else tuple(size)
+    x = torch.zeros(1, 3, H, W, device=next(tower.parameters()).device)
+    base = flops(vit_features, tower, x)
+    out = {}
+    for name, fn in features.items():
+        n, grid = flops(fn, x), list(fn(x).shape[-2:])
+        out[name] = dict(size=[H, W], grid=grid, flops=n, ratio=n / base)
+    return out
 
 def lift_cost(vit, lift: LiFT, size, times: int = 1) -> dict:
     "FLOPs and parameters of the ViT alone and of ViT + `times` LiFT passes on one image of `size` (H, W), and their ratio."
@@ -278,6 +301,31 @@ def plain_features(vit) -> FeatureFn:
 def bilinear_features(vit, factor: int = 2) -> FeatureFn:
     "The ViT's grid upsampled bilinearly `factor` times."
     return lambda x: bilinear_upsample(vit_features(vit, x), factor)
+
+def upscaled_features(vit, factor: int = 2) -> FeatureFn:
+    "The ViT's grid of the images upsampled `factor` times (bilinear): the 'ViT at 2× input' baseline, a `factor`× finer grid for `factor`² the tokens."
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1: raise InputError(f"factor: {factor!r}; valid: an integer >= 1")
+    return lambda x: vit_features(vit, F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False) if factor > 1 else x)
+
+def strided_features(vit, stride: int | None = None) -> FeatureFn:
+    """The ViT's grid with overlapping patches: the patch embedding run at `stride` (default half the patch size), the
+    position embeddings interpolated to the (H − p) / stride + 1 grid; the 'half the patch stride' baseline."""
+    tower = vision_tower(vit)
+    ph, pw = _patch_size(tower)
+    stride = ph // 2 if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= min(ph, pw):
+        raise InputError(f"stride: {stride!r}; valid: an integer in [1, {min(ph, pw)}] (the patch size)")
+    if not getattr(tower, "dynamic_img_size", False):
+        raise InputError(f"vit: {type(tower).__name__} was not built with dynamic_img_size=True; another stride changes its grid")
+    def fn(x):
+        _check_vit_input(tower, x)
+        proj, layer = tower.patch_embed.proj, block_layers(tower)[-1]
+        H, W = x.shape[-2:]
+        old, proj.stride = proj.stride, (stride, stride)
+        try: f = dense_features(tower, x, [layer], grid=((H - ph) // stride + 1, (W - pw) // stride + 1))[layer]
+        finally: proj.stride = old
+        return f.permute(0, 3, 1, 2).float().clone(memory_format=torch.contiguous_format)
+    return fn
 
 def lift_features(vit, lift: LiFT, times: int = 1) -> FeatureFn:
     "The ViT's grid through `times` LiFT passes (no gradients)."

@@ -23,6 +23,7 @@ from ..eval.maps import SaliencyMaps, normalize_maps
 from ..methods.attention import AttentionStats, cls_attention_maps
 from ..methods.cka import CKAError, CKAResult
 from ..methods.distill import table1
+from ..methods.features import PointMatch
 from ..models.clip import PAPER_TAU
 from ..models.gan import generator_adapter
 from ..models.generators import GeneratorAdapter, to_uint8
@@ -35,7 +36,7 @@ __all__ = ['KEPT_COLOR', 'REMOVED_COLOR', 'HIT_COLOR', 'MISS_COLOR', 'figure_png
            'saliency_grid', 'plot_samples', 'sample_grid', 'plot_similarity_histograms', 'plot_table1', 'plot_cka',
            'plot_cka_grid', 'plot_attention_grid', 'plot_distance_scatter', 'plot_by_layer', 'plot_keypoint_pair',
            'head_label', 'query_label', 'plot_query_map', 'plot_aaam', 'plot_head_distances', 'plot_cls_attention',
-           'plot_histories', 'plot_mining', 'plot_running_quality']
+           'plot_histories', 'plot_point_matches', 'plot_mining', 'plot_running_quality']
 
 # %% ../../nbs/70_figures.ipynb #838258ab
 def figure_png(fig, dpi: int = 90) -> bytes:
@@ -429,6 +430,38 @@ def plot_histories(histories: Mapping[str, TrainHistory], smooth: int = 20):
         ax.plot(step[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.4)
         ax.set_title(f"{name} ({h.seconds:.0f} s)", fontsize=9); ax.set_xlabel("step")
     axes[0, 0].set_ylabel("loss")
+    fig.tight_layout()
+    return fig
+
+# %% ../../nbs/70_figures.ipynb #c01c94eb
+def plot_point_matches(src_image: torch.Tensor, point, trg_image: torch.Tensor, matches: Sequence[PointMatch], show_gt: bool = True,
+                       ncols: int = 4, source_title: str = "source", tile: float = 2.2, cmap: str = "inferno"):
+    "The source image (3, H, W) with `point` (x, y) marked, then a panel per `PointMatch` over the target image: the similarity map (its own colour range), the match (cross), with `show_gt` the true point (ring); titles give the name, the grid and the error in pixels."
+    import matplotlib.pyplot as plt
+    n = len(matches) + 1; ncols = max(1, min(ncols, n)); nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(tile * ncols, (tile + 0.4) * nrows), squeeze=False)
+    for ax in axes.flat: ax.axis("off")
+    def show(ax, image):
+        H, W = image.shape[-2:]
+        ax.imshow(unit_float(image).permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.set_xlim(-0.5, W - 0.5); ax.set_ylim(H - 0.5, -0.5)
+        return H, W
+    ax = axes.flat[0]
+    show(ax, src_image)
+    x, y = [float(v) for v in point]
+    ax.plot([x - 0.5], [y - 0.5], "+", color="cyan", ms=11, mew=2)
+    ax.set_title(source_title, fontsize=8)
+    for ax, m in zip(axes.flat[1:], matches):
+        H, W = show(ax, trg_image)
+        ax.imshow(m.similarity.float().numpy(), cmap=cmap, alpha=0.6, extent=(-0.5, W - 0.5, H - 0.5, -0.5), interpolation="nearest")
+        mx, my = [float(v) for v in m.match]
+        ax.plot([mx - 0.5], [my - 0.5], "x", color="cyan", ms=9, mew=2)
+        title = f"{m.name} · {m.grid[0]}×{m.grid[1]}"
+        if show_gt and m.gt is not None:
+            gx, gy = [float(v) for v in m.gt]
+            ax.plot([gx - 0.5], [gy - 0.5], "o", mfc="none", mec="lime", ms=10, mew=1.6)
+            title += f"\nerror {m.error:.1f} px"
+        ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig
 
