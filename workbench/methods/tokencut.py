@@ -21,7 +21,7 @@ from ..eval.localization import box_best_iou
 from ..models.transforms import prepare_images
 
 # %% auto #0
-__all__ = ['TOKENCUT_TAU', 'TOKENCUT_EPS', 'FOUR_CONNECTED', 'FeatureFn', 'TokenCutResult', 'tokencut_graph', 'fiedler_vector',
+__all__ = ['TOKENCUT_TAU', 'TOKENCUT_EPS', 'FOUR_CONNECTED', 'TokenCutResult', 'tokencut_graph', 'fiedler_vector',
            'grid_box_pixels', 'tokencut', 'tokencut_images', 'tokencut_boxes', 'DiscoveryResult', 'discovery_scores']
 
 # %% ../../nbs/46_tokencut.ipynb #31279be0
@@ -103,7 +103,7 @@ def tokencut(features, image_size, tau: float = TOKENCUT_TAU, eps: float = TOKEN
     return TokenCutResult(box, torch.from_numpy(mask), torch.from_numpy(x.reshape(h, w)).float(), (int(r), int(c)), torch.from_numpy(side))
 
 # %% ../../nbs/46_tokencut.ipynb #ac1df089
-FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+from .lift import FeatureFn   # images (B, 3, H, W) → dense grid (B, C, h, w), the same functions LiFT scores
 
 def _image_list(images) -> list[torch.Tensor]:
     "The images as a list of (3, H, W) tensors."
