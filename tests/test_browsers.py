@@ -1,12 +1,13 @@
 """The browsers in a real browser (marker `browser`). JupyterLab runs `tests/browser_fixtures/browsers.ipynb`, which
 builds every browser small (neuron, attention, CKA, by-layer, pseudo-positive, saliency, query explorer,
-correspondence), and chromium, driven by Playwright, works each browser's controls as a user would: picks from a
-dropdown, types into a text box, moves a slider with the arrow keys, clicks a toggle, a checkbox or a button. Each
-action must change the rendered image (its `src`, to a picture that loads); the images are shown at their natural size,
-no control's label is cut off, and at the end neither the page's console, nor the kernel (every `error` message on its
-iopub channel, its stderr), nor the server's log, nor any cell or widget output holds an error. JupyterLab runs in a
-temporary folder with its own settings (`windowingMode: "none"`, so every cell is in the page; news and update checks
-off), token off, `--ServerApp.allow_root` when root, and is shut down also when a test fails.
+correspondence, direction explorer), and chromium, driven by Playwright, works each browser's controls as a user would:
+picks from a dropdown, types into a text box, moves a slider with the arrow keys, clicks a toggle, a checkbox, a button
+or a tab. Each action must change the rendered image (its `src`, to a picture that loads); the images shown are at their
+natural size (those in a hidden tab are not shown), no control's label is cut off, and at the end neither the page's
+console, nor the kernel (every `error` message on its iopub channel, its stderr), nor the server's log, nor any cell or
+widget output holds an error. JupyterLab runs in a temporary folder with its own settings (`windowingMode: "none"`, so
+every cell is in the page; news and update checks off), token off, `--ServerApp.allow_root` when root, and is shut down
+also when a test fails.
 
 Needs chromium (Debian's: `apt-get install chromium`; `WORKBENCH_CHROMIUM` names another binary) and playwright
 (`pip install playwright`; its own browser download is not used). Without them these tests skip with the reason,
@@ -33,7 +34,7 @@ FIXTURE = Path(__file__).resolve().parent / "browser_fixtures" / "browsers.ipynb
 CHROMIUM = os.environ.get("WORKBENCH_CHROMIUM") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-BROWSERS = ("neuron", "attention", "cka", "by_layer", "ppm", "saliency", "query", "correspondence")
+BROWSERS = ("neuron", "attention", "cka", "by_layer", "ppm", "saliency", "query", "correspondence", "direction")
 WAIT_MS = 60_000          # one render on a loaded 2-core machine takes well under this
 
 
@@ -214,15 +215,19 @@ class Page:
         "Click a Button."
         self.page.locator(self.q(browser, attr)).click()
 
+    def tab(self, browser, attr, title):
+        "Click the tab `title` of a Tab widget."
+        self.page.locator(self.q(browser, attr, ".lm-TabBar-tab"), has_text=title).first.click()
+
     def text(self, browser, attr) -> str: return self.page.locator(self.q(browser, attr)).inner_text()
 
     # what the page shows ---------------------------------------------------------------------------------------------
     def layout_defects(self, browser: str) -> list[str]:
-        "Images not at their natural size and labels cut off, in one browser."
+        "Images shown not at their natural size and labels cut off, in one browser (an image in a hidden tab is not shown)."
         return self.page.evaluate("""(root) => {
             const out = [], r = document.querySelector(root);
             for (const img of r.querySelectorAll('img')) {
-                if (!img.naturalWidth) continue;
+                if (!img.naturalWidth || !img.checkVisibility()) continue;
                 const b = img.getBoundingClientRect();
                 if (Math.abs(b.width - img.naturalWidth) > 1 || Math.abs(b.height - img.naturalHeight) > 1)
                     out.push(`image ${img.className.split(' ').filter(c => c.startsWith('wb-')).join(' ')} drawn at `
@@ -452,4 +457,30 @@ def test_correspondence_browser(nb):
     nb.wait_text(b, "info", "images of different pairs")
     nb.changes(b, lambda: nb.choose(b, "source", "pair 1 · source"), "the source dropdown")
     nb.changes(b, lambda: nb.choose(b, "keypoint"), "a keypoint after the custom point")
+    nb.finish(b)
+
+
+def test_direction_explorer(nb):
+    b = "direction"
+    nb.changes(b, lambda: nb.keys(b, "eps", "ArrowRight"), "the ε slider")
+    nb.wait_text(b, "info", "6.5")
+    nb.changes(b, lambda: nb.keys(b, "page", "ArrowRight"), "the page slider")
+    nb.wait_text(b, "range", "directions 9–12 of 12")
+    nb.changes(b, lambda: nb.choose(b, "sort", "label-free score"), "the sort dropdown")
+    nb.wait_text(b, "range", "directions 1–8 of 12 (by label-free score)")
+    nb.changes(b, lambda: nb.pick(b, "highlight", ["direction 11"]), "highlighting a direction")
+    nb.wait_text(b, "info", "d11")
+    nb.changes(b, lambda: nb.choose(b, "sort", "dev score"), "sorting by the dev score")
+    nb.finish(b)
+    nb.tab(b, "tabs", "synthetic pairs")
+    nb.changes(b, lambda: nb.keys(b, "pair_page", "ArrowRight"), "the pairs' page slider", image="pairs_image")
+    nb.wait_text(b, "pairs_info", "this page #8")
+    nb.changes(b, lambda: nb.check(b, "only_rejected"), "the only-rejected checkbox", image="pairs_image")
+    nb.wait_text(b, "pairs_info", "only rejected: 4 samples")
+    if nb.shots: nb.screenshot(b, "pairs-")
+    nb.finish(b)
+    nb.tab(b, "tabs", "directions")
+    nb.changes(b, lambda: nb.keys(b, "eps", "ArrowLeft"), "the ε slider, back on the directions tab")
+    nb.changes(b, lambda: nb.keys(b, "eps", "ArrowLeft"), "the ε slider once more")
+    nb.wait_text(b, "info", "5.5")
     nb.finish(b)

@@ -13,6 +13,7 @@ from workbench.methods.distill import (TABLE1_ANNOTATIONS, Table1Config, augment
 from workbench.eval.boxes import evaluate_boxes
 from workbench.viz.figures import plot_table1
 from workbench.data.fixtures import toy_squares
+from workbench.core import InputError
 from workbench.models.registry import WeightsMissingError, load_model
 from workbench.data.worlds import AerialWorld
 
@@ -197,3 +198,18 @@ def test_trained_unet_round_trips_through_a_checkpoint(trained, tmp_path, toy):
     assert lm.arch == "wb:unet"
     _, val = toy
     assert torch.equal(predict_masks(lm.model, val.images), predict_masks(trained.model, val.images))
+
+
+def test_cross_entropy_loss_with_step_decay_learns_and_decays(toy):
+    "The paper's recipe (two-logit cross-entropy, lr x0.2 every k steps): the loss falls, the schedule steps, bad options are refused."
+    train, val = toy
+    r = train_segmenter(build_unet(**SMALL, seed=0), train, val, epochs=6, batch_size=16, seed=0, device="cpu",
+                        loss="ce", schedule="step", step_every=16, step_gamma=0.5)
+    h = r.history
+    assert h[-1]["train_loss"] < 0.7 * h[0]["train_loss"], h
+    test = toy_squares(32, size=32, seed=2)
+    assert evaluate_segmenter(r.model, test, min_area=4, device="cpu")["pixel_iou"] >= 0.5
+    with pytest.raises(InputError, match="loss"):
+        train_segmenter(build_unet(**SMALL, seed=0), train, epochs=1, batch_size=16, loss="focal")
+    with pytest.raises(InputError, match="step_every"):
+        train_segmenter(build_unet(**SMALL, seed=0), train, epochs=1, batch_size=16, schedule="step", step_every=0)

@@ -93,6 +93,20 @@ METRIC_CHECKS = {
                 and math.isfinite(r["final_d_loss"]) for r in m["runs"])
         and {r["column"] for r in m["runs"]} >= {"DCGAN", "SN-DCGAN", "SN-DCGAN+aug"}
         and all(0 <= a <= 1 for a in m["classifier"]["held_out_accuracy"].values()) and m["classifier"]["checkpoint"]),
+    "66a_train_object_gan": lambda m: m["steps"] > 0 and math.isfinite(m["g_loss_final"]) and m["checkpoint_mb"] > 0,
+    # every split is scored for the centre prior, each ablation U-Net and the oracle; the bar's five entries are there; the
+    # label-free and dev-best directions are valid indices; every asked-for benchmark is ok or unavailable with a reason;
+    # the predictions that were scored are saved
+    "67_gan_saliency": lambda m: (
+        {r["method"] for r in m["rows"]} >= {"center prior", "base", "+ embeddings", "+ size filter", "+ histogram",
+                                             "+ connected components", "oracle"}
+        and all(0 <= r[k] <= 1 for r in m["rows"] for k in ("max_f_beta", "iou", "accuracy"))
+        and all(0 <= m["quality_bar"][k] <= 1 for k in ("synthetic", "oracle", "center_prior"))
+        and all(isinstance(m["quality_bar"][k], int) and m["quality_bar"][k] >= 0 for k in ("direction_label_free", "direction_dev_best"))
+        and [r["variant"] for r in m["ablation"]] == ["base", "+ embeddings", "+ size filter", "+ histogram", "+ connected components"]
+        and all(0 < r["kept"] <= r["drawn"] for r in m["ablation"])
+        and all(r["status"] in ("ok", "unavailable") and (r["status"] == "ok" or r["reason"]) for r in m["real_rows"])
+        and "objects_d0.5" in m["predictions"]),
     # Table 3 has every column with peak >= stop, final (peak is the best checkpoint); the bar's numbers are there;
     # Spearman and the unavailable Tiny ImageNet row are reported
     "65_colocalization": lambda m: (
@@ -106,7 +120,7 @@ METRIC_CHECKS = {
         and all(r["status"] in ("ok", "unavailable") and (r["status"] == "ok" or r["reason"]) for r in m["real_rows"])),
 }
 # Notebooks that train a model: re-run in the full profile where CUDA is present.
-TRAINING_NOTEBOOKS = ["26_train_aerial_gan", "27_train_aerial_clip", "43_train_object_vits", "62_train_object_clips"]
+TRAINING_NOTEBOOKS = ["26_train_aerial_gan", "27_train_aerial_clip", "43_train_object_vits", "62_train_object_clips", "66a_train_object_gan"]
 
 
 @pytest.mark.parametrize("name", LIBRARY)

@@ -15,7 +15,7 @@ from .boxes import as_mask_stack
 from .maps import resize_maps
 
 # %% auto #0
-__all__ = ['max_f_beta', 'iou_per_image', 'mask_iou', 'pixel_accuracy', 'pixel_iou']
+__all__ = ['max_f_beta', 'iou_per_image', 'mask_iou', 'pixel_accuracy', 'pixel_iou', 'center_prior']
 
 # %% ../../nbs/29c_saliency.ipynb #bcad3d87
 def _tensor(x, name: str) -> torch.Tensor:
@@ -153,3 +153,16 @@ def pixel_iou(pred_masks, gt_masks) -> float:
     if pred.shape != gt.shape: raise InputError(f"predicted masks {tuple(pred.shape)} and ground-truth masks {tuple(gt.shape)} differ in shape")
     union = (pred | gt).sum().item()
     return (pred & gt).sum().item() / union if union else 1.0
+
+# %% ../../nbs/29c_saliency.ipynb #d8390369
+def center_prior(n: int, height: int, width: int | None = None, sigma: float = 0.25) -> torch.Tensor:
+    "(n, height, width) float32 maps: a Gaussian centred on the image, standard deviation `sigma` × the side (per axis), peak 1."
+    width = height if width is None else width
+    for name, v in (("n", n), ("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1: raise InputError(f"{name}: expected an integer >= 1, got {v!r}")
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0): raise InputError(f"sigma: expected a number > 0, got {sigma!r}")
+    y = (torch.arange(height, dtype=torch.float32) + 0.5) / height - 0.5
+    x = (torch.arange(width, dtype=torch.float32) + 0.5) / width - 0.5
+    m = torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma ** 2))
+    return (m / m.max()).expand(n, height, width).contiguous()
+

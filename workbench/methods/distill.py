@@ -146,23 +146,33 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 
 def train_segmenter(model: nn.Module, train: MaskSet, val: MaskSet | None = None, epochs: int = 20, batch_size: int = 32,
                     lr: float = 1e-3, seed: int = 0, device=None, augment: bool = True, schedule: str = "cosine",
-                    amp: bool | None = None, desc: str = "U-Net") -> TrainResult:
-    """Train `model` with soft dice loss and Adam; the result holds the weights of the epoch with the lowest validation dice loss
-    (the last epoch without `val`), that epoch and loss in `best`, and one history row per epoch. `schedule`: 'cosine' (lr decays to 0 over the run) or 'constant'. `amp`: bfloat16 autocast
+                    amp: bool | None = None, desc: str = "U-Net", loss: str = "dice", step_every: int = 8000,
+                    step_gamma: float = 0.2) -> TrainResult:
+    """Train `model` with Adam; the result holds the weights of the epoch with the lowest validation dice loss
+    (the last epoch without `val`), that epoch and loss in `best`, and one history row per epoch. `loss`: 'dice' (soft dice) or
+    'ce' (cross-entropy over the two logits background / object; the model's one output channel is the object logit with the
+    background logit fixed at 0, for which the two-way softmax cross-entropy is exactly binary cross-entropy on that logit).
+    `schedule`: 'cosine' (lr decays to 0 over the run), 'constant', or 'step' (lr × `step_gamma` every `step_every` optimiser
+    steps, "Big GANs Are Watching You"'s recipe). `amp`: bfloat16 autocast
     for the training passes (None: on CUDA with bf16; on a CPU only when asked for); validation always runs in float32."""
     import segmentation_models_pytorch as smp
     if epochs < 1 or batch_size < 2: raise InputError(f"epochs={epochs}, batch_size={batch_size}; valid: epochs >= 1, batch_size >= 2")
     if len(train) < 2: raise InputError(f"training set has {len(train)} image(s); at least 2 are needed")
-    one_of("schedule", schedule, ["cosine", "constant"])
+    one_of("schedule", schedule, ["cosine", "constant", "step"])
+    one_of("loss", loss, ["dice", "ce"])
+    if schedule == "step" and (step_every < 1 or not 0 < step_gamma <= 1):
+        raise InputError(f"step_every={step_every}, step_gamma={step_gamma}; valid: step_every >= 1, 0 < step_gamma <= 1")
     device = get_device(device)
     amp = use_bf16_autocast(amp, device)
     model.to(device).train()
-    loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
+    loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True) if loss == "dice" else nn.BCEWithLogitsLoss()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch_generator(seed)
     n_batches = len(_batches(len(train), batch_size, torch_generator(0)))
     total_steps = epochs * n_batches
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, (lambda k: cosine_schedule(k, total_steps)) if schedule == "cosine" else (lambda k: 1.0))
+    factor = {"cosine": lambda k: cosine_schedule(k, total_steps), "constant": lambda k: 1.0,
+              "step": lambda k: step_gamma ** (k // step_every)}[schedule]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     history, best, best_val, best_epoch, t0 = TrainHistory(desc), None, math.inf, 0, time.perf_counter()
     bar = progress(total=total_steps, desc=desc)
     try:
@@ -173,9 +183,9 @@ def train_segmenter(model: nn.Module, train: MaskSet, val: MaskSet | None = None
                 if augment: x, t = augment_batch(x, t, g)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = model(normalize(x))
-                loss = loss_fn(logits.float(), t)
-                opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-                total += loss.item() * len(idx); seen += len(idx)
+                batch_loss = loss_fn(logits.float(), t)
+                opt.zero_grad(set_to_none=True); batch_loss.backward(); opt.step(); sched.step()
+                total += batch_loss.item() * len(idx); seen += len(idx)
                 bar.update(1)
             val_loss = dice_loss_on(model, val, batch_size=max(batch_size, 64), device=device) if val is not None and len(val) else None
             history.log(epoch=epoch, train_loss=total / seen, val_loss=val_loss, seconds=time.perf_counter() - t0)

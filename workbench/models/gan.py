@@ -51,6 +51,7 @@ def aerial_gan(resolution: int = 64, z_dim: int = 64, channel_base: int = 4096, 
     return DCGANGenerator(resolution, z_dim, channel_base, channel_max)
 
 register_model("wb:aerial-gan", description="DCGAN-family generator trained on the aerial world (nbs/26_train_aerial_gan)")(aerial_gan)
+register_model("wb:object-gan", description="the same DCGAN-family generator trained on the object world (nbs/66a_train_object_gan)")(aerial_gan)
 
 def generator_adapter(G: nn.Module) -> GeneratorAdapter:
     "The `GeneratorAdapter` of a generator module: StyleGAN2 or the workbench's own (units: each up-block's activation)."
