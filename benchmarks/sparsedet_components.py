@@ -1,7 +1,13 @@
-"""SparseDet's components at reduced scale on the aerial world: which part costs or gains AP, run by run.
+"""SparseDet's components at reduced scale on the aerial or the detection world: which part costs or gains AP, run by run.
 
     python benchmarks/sparsedet_components.py --runs baseline:baseline: no_ppm:sparsedet:'{"use_ppm":false,"use_ssl":false}'
     python benchmarks/sparsedet_components.py --p 0.7 --input-size 128 --seed 1 --runs baseline:baseline: sd:sparsedet:'{"ssl_weight":0.01}'
+    python benchmarks/sparsedet_components.py --world detection --runs oracle:oracle: baseline:baseline: sd:sparsedet:
+
+`--world aerial` (default: the setting of `52_sparse_aerial`) or `--world detection` (`53_sparse_detection`'s: 128 px
+detection-world scenes, the object-world ResNet-18 backbone pretrained by `52a_train_object_backbone`, AdamW lr 1e-4,
+the thesis' thresholds unless --tau-ppm / --tau-obj say otherwise); `--backbone` and `--pretrained` override the
+world's detector.
 
 Each `--runs` entry is NAME:MODE:CONFIG, MODE one of baseline | sparsedet | oracle, CONFIG a JSON object of
 `SparseDetConfig` fields (empty: the defaults, with the CPU thresholds --tau-ppm / --tau-obj). Training: `--n` aerial
@@ -30,7 +36,7 @@ from workbench.core import InputError
 from workbench.methods.sparsedet import (SparseDetConfig, build_detector, evaluate_detector, evaluate_mining,
                                          train_detector)
 from workbench.data.splits import SparseDetectionDataset
-from workbench.data.worlds import AerialWorld
+from workbench.data.worlds import AerialWorld, DetectionWorld
 
 MODES = ("baseline", "sparsedet", "oracle")
 
@@ -61,10 +67,21 @@ def main(argv=None) -> None:
     ap.add_argument("--warm", type=float, default=0.25, help="share of the (SparseDet phase's) steps before mining")
     ap.add_argument("--plain-warmup", type=int, default=0, help="baseline steps before every run's own mode")
     ap.add_argument("--input-size", type=int, default=64, help="the detector's min_size = max_size (images are 64 px)")
-    ap.add_argument("--tau-ppm", type=float, default=0.4)
-    ap.add_argument("--tau-obj", type=float, default=0.25)
+    ap.add_argument("--tau-ppm", type=float, default=None, help="default: 0.4 (aerial, as 52_sparse_aerial), 0.8 (detection, the thesis)")
+    ap.add_argument("--tau-obj", type=float, default=None, help="default: 0.25 (aerial), 0.5 (detection)")
     ap.add_argument("--seed", type=int, default=0, help="detector initialisation and training order")
+    ap.add_argument("--world", choices=("aerial", "detection"), default="aerial")
+    ap.add_argument("--backbone", default=None, help="default: mobilenet_v3_small_fpn (aerial), object_resnet18_fpn (detection)")
+    ap.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto", help="auto: pretrained on the detection world only")
+    ap.add_argument("--lr", type=float, default=None, help="default: 1e-3 (aerial, from scratch), 1e-4 (detection, pretrained)")
     a = ap.parse_args(argv)
+    det = a.world == "detection"
+    a.tau_ppm = a.tau_ppm if a.tau_ppm is not None else 0.8 if det else 0.4
+    a.tau_obj = a.tau_obj if a.tau_obj is not None else 0.5 if det else 0.25
+    a.backbone = a.backbone or ("object_resnet18_fpn" if det else "mobilenet_v3_small_fpn")
+    pretrained = det if a.pretrained == "auto" else a.pretrained == "yes"
+    lr = a.lr or (1e-4 if pretrained else 1e-3)
+    if det and a.input_size == 64: a.input_size = 128
     try:
         runs = [parse_run(s) for s in a.runs]
         if not 0 < a.p < 1: raise SystemExit(f"--p {a.p}; valid: a removal rate in (0, 1)")
@@ -73,15 +90,20 @@ def main(argv=None) -> None:
     except (SystemExit, InputError) as e:
         print(e, file=sys.stderr); sys.exit(2)
     torch.set_num_threads(1)
-    train = [AerialWorld(64, seed=0, gsd=0.8).render(i) for i in range(a.n)]
-    val = [AerialWorld(64, seed=1, gsd=0.8).render(i) for i in range(a.nval)]
+    if det:   # the world seeds of 53_sparse_detection: training `--seed`, validation 100
+        train = [DetectionWorld(size=128, seed=a.seed).render(i) for i in range(a.n)]
+        val = [DetectionWorld(size=128, seed=100).render(i) for i in range(a.nval)]
+    else:
+        train = [AerialWorld(64, seed=0, gsd=0.8).render(i) for i in range(a.n)]
+        val = [AerialWorld(64, seed=1, gsd=0.8).render(i) for i in range(a.nval)]
+    n_classes = len(train[0].meta["class_names"])
     sparse = SparseDetectionDataset.from_split(train, "split1", a.p, seed=0)
     full = SparseDetectionDataset(train)
-    kw = dict(batch_size=4, lr=1e-3, optimizer="adamw", progress=False, num_threads=1, log_every=0)
+    kw = dict(batch_size=4, lr=lr, optimizer="adamw", progress=False, num_threads=1, log_every=0)
     for (name, mode, _), cfg in zip(runs, cfgs):
         t = time.time()
         data = full if mode == "oracle" else sparse
-        model = build_detector(3, "mobilenet_v3_small_fpn", min_size=a.input_size, max_size=a.input_size, seed=a.seed)
+        model = build_detector(n_classes, a.backbone, min_size=a.input_size, max_size=a.input_size, seed=a.seed, pretrained_backbone=pretrained)
         steps, extra_kw = a.steps, {}
         if a.plain_warmup:
             train_detector(model, data, cfg, mode="baseline", steps=a.plain_warmup, seed=a.seed, **kw)
@@ -94,7 +116,8 @@ def main(argv=None) -> None:
             ims = [s.image.float() / 255 for s in val[:50]]
             il, _ = m.transform(ims)
             bf = m._box_features(m.backbone(il.tensors), [s.boxes for s in val[:50]], il.image_sizes)
-        row = dict(name=name, mode=mode, p=a.p, seed=a.seed, input_size=a.input_size, plain_warmup=a.plain_warmup,
+        row = dict(name=name, mode=mode, world=a.world, backbone=a.backbone, pretrained=pretrained, p=a.p, seed=a.seed,
+                   input_size=a.input_size, plain_warmup=a.plain_warmup,
                    AP=round(100 * ev["AP"], 2), AP50=round(100 * ev["AP50"], 2),
                    per_class={v["name"]: round(100 * v["AP"], 2) for v in ev["per_class"].values()}, sec=round(time.time() - t),
                    feat_norm=round(float(bf.norm(dim=1).mean()), 3))

@@ -87,12 +87,31 @@ METRIC_CHECKS = {
                 for r in m["per_sparsity"].values() for k in ("baseline", "sparsedet"))
         and m["departures_from_thesis"].get("tau_ppm", {}).get("thesis", 0.8) == 0.8
         and all(v["status"] in ("ok", "unavailable") and (v["status"] == "ok" or v["reason"]) for v in m["real_datasets"].values())),
+    # every split has per-seed and mean APs in % for baseline and SparseDet (and the oracle), mining quality in range; the
+    # ablation has the Table 3.4 rows in order; the identical-view control is there; the bar's keys are there; the
+    # thesis' thresholds are used unless the run says otherwise
+    "53_sparse_detection": lambda m: (
+        all(0 <= m["quality_bar"][k] <= 100 for k in ("oracle_AP50", "oracle_AP", "baseline_AP_50", "sparsedet_AP_50"))
+        and isinstance(m["quality_bar"]["passes"], bool)
+        and all(set(s["per_seed"]) == {str(x) for x in m["world"]["train_world_seeds"]}
+                and all(0 <= v[f] <= 100 for v in s["per_seed"].values() for f in ("baseline_AP", "sparsedet_AP", "oracle_AP", "oracle_AP50"))
+                and all(0 <= s[f"{mm}_AP"]["mean"] <= 100 for mm in ("baseline", "sparsedet"))
+                and (s["ppm_recovery"]["mean"] is None or 0 <= s["ppm_recovery"]["mean"] <= 1)
+                for k, s in m["detection"].items() if k != "oracle")
+        and "split1_50" in m["detection"]
+        and [r["row"] for r in m["ablation"]] == ["baseline", "aug branch", "+ C-RPN", "+ PPM", "SparseDet"]
+        and len(m["identical_view"]["difference_per_seed"]) == len(m["world"]["train_world_seeds"])
+        and m["departures_from_thesis"] == {} and 0 <= m["rpn_confidence_val"]["share_over_0.8"] <= 1),
     # every run left its scheduled checkpoints (the last at the final step) and a finite MS-SSIM; the classifier trained
     "64_train_coloc_gans": lambda m: (m["n_runs"] == len(m["runs"]) > 0
         and all(r["checkpoints"] and r["checkpoints"][-1]["step"] == r["info"]["steps"] and 0 <= r["final_ms_ssim"] <= 1
                 and math.isfinite(r["final_d_loss"]) for r in m["runs"])
         and {r["column"] for r in m["runs"]} >= {"DCGAN", "SN-DCGAN", "SN-DCGAN+aug"}
         and all(0 <= a <= 1 for a in m["classifier"]["held_out_accuracy"].values()) and m["classifier"]["checkpoint"]),
+    # the accuracies (fp32 and the fp16 copy) are fractions, the curve ends at the last step, the checkpoint is within the limit
+    "52a_train_object_backbone": lambda m: (m["steps"] > 0 and math.isfinite(m["loss_final"])
+        and all(0 <= m[k] <= 1 for k in ("val_accuracy", "train_accuracy", "val_accuracy_fp16")) and 0 < m["checkpoint_mb"] <= 12
+        and m["val_curve"] and m["val_curve"][-1][0] == m["steps"]),
     "66a_train_object_gan": lambda m: m["steps"] > 0 and math.isfinite(m["g_loss_final"]) and m["checkpoint_mb"] > 0,
     # every split is scored for the centre prior, each ablation U-Net and the oracle; the bar's five entries are there; the
     # label-free and dev-best directions are valid indices; every asked-for benchmark is ok or unavailable with a reason;
@@ -120,7 +139,8 @@ METRIC_CHECKS = {
         and all(r["status"] in ("ok", "unavailable") and (r["status"] == "ok" or r["reason"]) for r in m["real_rows"])),
 }
 # Notebooks that train a model: re-run in the full profile where CUDA is present.
-TRAINING_NOTEBOOKS = ["26_train_aerial_gan", "27_train_aerial_clip", "43_train_object_vits", "62_train_object_clips", "66a_train_object_gan"]
+TRAINING_NOTEBOOKS = ["26_train_aerial_gan", "27_train_aerial_clip", "43_train_object_vits", "62_train_object_clips", "66a_train_object_gan",
+                      "52a_train_object_backbone"]
 
 
 @pytest.mark.parametrize("name", LIBRARY)

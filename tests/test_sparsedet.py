@@ -187,16 +187,38 @@ def test_augment_view_keeps_boxes_and_is_seeded(data):
 # --- detector parts ---------------------------------------------------------------------------------------------
 
 def test_build_detector_backbones_and_anchors():
-    for bb in ("resnet18_fpn", "mobilenet_v3_small_fpn"):
+    for bb in ("resnet18_fpn", "mobilenet_v3_small_fpn", "object_resnet18_fpn"):
         det = build_detector(3, bb, min_size=128, max_size=128).eval()
         with torch.no_grad(): out = det([torch.rand(3, 128, 128)])
         assert set(out[0]) == {"boxes", "scores", "labels"}
         assert det.roi_heads.box_predictor.cls_score.out_features == 4
-        assert [s[0] for s in det.rpn.anchor_generator.sizes] == [8, 16, 32, 64, 128]
+        levels = [8, 16, 32, 64] if bb == "object_resnet18_fpn" else [8, 16, 32, 64, 128]
+        assert [s[0] for s in det.rpn.anchor_generator.sizes] == levels
     with pytest.raises(InputError, match="valid: mobilenet_v3_small_fpn, resnet18_fpn"):
         build_detector(3, "resnet34_fpn")
     with pytest.raises(InputError, match="resnet backbones only"):
         build_detector(3, "mobilenet_v3_small_fpn", min_size=64, pretrained_backbone=True)
+
+
+def test_object_backbone_loads_the_workbench_trunk_with_frozen_statistics(tmp_path):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+    from workbench.models.backbones import ObjectResNet
+    from workbench.models.registry import save_checkpoint
+    torch.manual_seed(3)
+    trunk = ObjectResNet(num_classes=8)
+    for m in trunk.modules():
+        if isinstance(m, torch.nn.BatchNorm2d): m.running_mean.uniform_(-1, 1)
+    path = save_checkpoint(trunk, tmp_path / "t.safetensors", "wb:object-resnet18", fp16=True, num_classes=8, depth=3)
+    det = build_detector(3, "object_resnet18_fpn", min_size=64, max_size=64, pretrained_backbone=str(path))
+    body = det.backbone.body
+    assert torch.equal(body.layer2[0].conv1.weight, trunk.layer2[0].conv1.weight.half().float())
+    assert isinstance(body.bn1, FrozenBatchNorm2d) and torch.equal(body.bn1.running_mean, trunk.bn1.running_mean.half().float())
+    assert not body.conv1.weight.requires_grad and not body.layer1[0].conv1.weight.requires_grad and body.layer3[0].conv1.weight.requires_grad
+    scratch = build_detector(3, "object_resnet18_fpn", min_size=64, max_size=64).backbone.body
+    assert isinstance(scratch.bn1, torch.nn.BatchNorm2d) and scratch.conv1.weight.requires_grad
+    save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "x.safetensors", "wb:gan-encoder")
+    with pytest.raises(InputError, match="wb:object-resnet18"):
+        build_detector(3, "object_resnet18_fpn", min_size=64, pretrained_backbone=str(tmp_path / "x.safetensors"))
 
 
 def test_pretrained_backbone_comes_only_from_the_weights_folder(isolated_settings):
@@ -212,12 +234,39 @@ def test_common_rpn_head_starts_as_the_plain_head():
         plain = det.rpn.head(feats)
         det.enable_common_rpn()
         assert isinstance(det.rpn.head, CommonRPNHead) and det.rpn.common
-        common = det.rpn.head([torch.cat([f, f], 1) for f in feats])
-        other = det.rpn.head([torch.cat([f, torch.zeros_like(f)], 1) for f in feats])
+        common = det.rpn.head([torch.cat([f, torch.zeros_like(f)], 1) for f in feats])        # (sum/2, difference/2) of two equal views
+        other = det.rpn.head([torch.cat([f / 2, f / 2], 1) for f in feats])                    # views f and 0
     for a, b in zip(plain[0] + plain[1], common[0] + common[1]):
         assert torch.allclose(a, b, atol=1e-6)
     assert not torch.allclose(plain[0][0], other[0][0])
     assert det.enable_common_rpn().rpn.head is det.rpn.head   # idempotent
+
+
+IDENTICAL_VIEW = dict(use_ppm=False, use_ssl=False, use_merge=False, contrast=(1, 1), brightness=(1, 1), saturation=(1, 1),
+                      lighting=0, erase_boxes=0)
+
+
+@pytest.mark.parametrize("aug_branch", [False, True])
+def test_identical_view_trains_exactly_as_the_baseline(data, aug_branch):
+    """With the view equal to the image and mining off, SparseDet's two-view machinery takes the baseline's steps: the
+    common RPN (sum/difference coordinates) learns what the plain head learns, the view's transform leaves the samplers'
+    random stream alone, and the augmented branch samples the original branch's RoIs, so 0.5·(L_o + L_a) = L_o.
+    After a few SGD steps every weight matches the baseline's, the difference half of the common conv stays zero and its
+    sum half is the plain conv. (In [f_o, f_a] coordinates the RPN conv moved at twice the rate.)"""
+    _, sparse = data
+    cfg = SparseDetConfig(**IDENTICAL_VIEW, use_aug_branch=aug_branch)
+    kw = dict(steps=4, batch_size=2, lr=0.01, optimizer="sgd", seed=0, progress=False)
+    base = train_detector(build_detector(2, **SMALL), sparse, mode="baseline", **kw).model.state_dict()
+    sdet = train_detector(build_detector(2, **SMALL), sparse, cfg, mode="sparsedet", **kw).model.state_dict()
+    start = build_detector(2, **SMALL).state_dict()
+    w = sdet.pop("rpn.head.conv.0.0.weight")
+    C = w.shape[1] // 2
+    assert torch.count_nonzero(w[:, C:]) == 0
+    moved = (base["rpn.head.conv.0.0.weight"] - start["rpn.head.conv.0.0.weight"]).abs().max()
+    assert moved > 1e-4 and (w[:, :C] - base.pop("rpn.head.conv.0.0.weight")).abs().max() < 1e-3 * moved
+    assert set(sdet) == set(base)
+    for k, v in base.items():
+        if v.is_floating_point(): assert torch.allclose(v, sdet[k], rtol=1e-4, atol=1e-6), k
 
 
 def test_same_seed_same_initial_weights():

@@ -11,8 +11,11 @@ from PIL import Image
 
 from workbench.core import InputError
 from workbench.data.samples import Sample, masks_to_boxes
-from workbench.data.worlds import (AERIAL_CLASSES, AERIAL_SEMANTIC, OBJECT_CATEGORIES, SIZES, AerialWorld,
-                                   ObjectWorld, foreground_mask, make_world, materialize, synthesize)
+from workbench.data.worlds import (AERIAL_CLASSES, AERIAL_SEMANTIC, OBJECT_CATEGORIES, SIZES, WORLDS, AerialWorld,
+                                   DetectionConfig, DetectionWorld, ObjectWorld, foreground_mask, make_world, materialize,
+                                   synthesize)
+
+from conftest import assert_names_argument
 
 
 def digest(s: Sample) -> str:
@@ -32,6 +35,8 @@ PINNED = {
     ("objects", 64, 0): "90f8661dffb0b8dc",
     ("objects", 64, 1): "ff58b4ad11057e6b",
     ("objects", 256, 2): "019a044bbd79ab43",
+    ("detection", 128, 0): "441b7644ca0806fd",
+    ("detection", 64, 1): "8119cf922d218597",
 }
 
 
@@ -41,8 +46,8 @@ def test_pinned_hashes():
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_schema_both_worlds(size):
-    for world in (AerialWorld(size=size, seed=1), ObjectWorld(size=size, seed=1)):
+def test_schema_every_world(size):
+    for world in [cls(size=size, seed=1) for cls in WORLDS.values()]:
         for i in range(4 if size < 256 else 2):
             s = world[i]
             assert isinstance(s, Sample)
@@ -234,3 +239,125 @@ def test_bad_inputs(tmp_path):
         synthesize("aerial", 2, tmp_path / "mine", overwrite=True, progress=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+# The detection world: VOC-like scenes, several objects of mixed categories, every visible one annotated.
+
+@pytest.fixture(scope="module")
+def detection_samples():
+    return [DetectionWorld(seed=4)[i] for i in range(50)]
+
+
+def test_detection_determinism():
+    a, b = DetectionWorld(seed=3), DetectionWorld(seed=3)
+    for i in (7, 2):
+        s, t = a[i], b[i]
+        assert torch.equal(s.image, t.image) and torch.equal(s.boxes, t.boxes) and digest(s) == digest(t)
+    assert [digest(s) for s in a.stream(2, start=6)] == [digest(b[6]), digest(b[7])]
+    assert not torch.equal(DetectionWorld(seed=4)[2].image, a[2].image)
+    assert digest(a[3]) != digest(a[4])
+    assert DetectionWorld().size == 128 and make_world("detection").size == 128
+
+
+@pytest.mark.usefixtures("one_thread")   # masks_to_boxes on tiny tensors: a thread pool only costs
+def test_detection_counts_labels_and_boxes(detection_samples):
+    counts = [len(s.labels) for s in detection_samples]
+    assert min(counts) >= 1 and max(counts) <= 8
+    assert sum(c >= 2 for c in counts) >= 0.9 * len(counts), counts
+    assert len(set(counts)) >= 5, "the count is drawn uniformly from n_objects"
+    for s in detection_samples:
+        s.validate()
+        n = len(s.labels)
+        assert s.labels.dtype == torch.int64 and ((s.labels >= 0) & (s.labels < len(OBJECT_CATEGORIES))).all()
+        assert s.meta["dataset"] == "detection" and s.meta["class_names"] == list(OBJECT_CATEGORIES)
+        assert len(s.meta["instances"]) == n and "is_distractor" not in s.meta, "every instance is a target"
+        assert torch.equal(s.boxes, masks_to_boxes(s.masks))
+        assert (s.boxes[:, :2] >= 0).all() and (s.boxes[:, 2:] <= 128).all() and (s.boxes[:, 2:] > s.boxes[:, :2]).all()
+        assert (s.masks.flatten(1).sum(1) >= 4).all() and int(s.masks.sum(0).max()) == 1
+        for m, l, info in zip(s.masks, s.labels.tolist(), s.meta["instances"]):
+            assert (s.meta["semantic"][m] == l + 1).all() and info["category"] == OBJECT_CATEGORIES[l]
+            assert info["visible"] >= 0.4, "objects hidden below min_visible are not annotated"
+        for c in {OBJECT_CATEGORIES[l] for l in s.labels.tolist()}:
+            assert c in s.meta["caption"] or c + "s" in s.meta["caption"]
+    labels = torch.cat([s.labels for s in detection_samples])
+    assert set(labels.tolist()) == set(range(len(OBJECT_CATEGORIES)))
+
+
+def test_detection_object_sizes(detection_samples):
+    sides, ratios = [], []
+    for s in detection_samples:
+        long_side = (s.boxes[:, 2:] - s.boxes[:, :2]).max(1).values.tolist()
+        for side, info in zip(long_side, s.meta["instances"]):
+            assert 12 <= info["size_px"] <= 60
+            assert side <= 1.4 * 60
+            sides.append(side)
+            if info["visible"] > 0.95: ratios.append(side / info["size_px"])   # an unoccluded object's box matches its drawn size
+    assert 0.7 <= min(ratios) and max(ratios) <= 1.4, (min(ratios), max(ratios))
+    assert sum(x < 24 for x in sides) >= 10 and sum(x > 40 for x in sides) >= 10
+    small = [info["size_px"] for s in DetectionWorld(size=64, seed=4).stream(10) for info in s.meta["instances"]]
+    assert 6 <= min(small) and max(small) <= 30, "object_px is given at 128 px and scales with the image side"
+
+
+def test_detection_occlusion(detection_samples):
+    from torchvision.ops import box_iou
+    overlapping = hidden = partly = 0
+    for s in detection_samples:
+        iou = box_iou(s.boxes, s.boxes).fill_diagonal_(0)
+        overlapping += int((iou > 0).any())
+        partly += sum(i["visible"] < 0.9 for i in s.meta["instances"])
+        hidden += s.meta["n_hidden"]
+    assert overlapping >= 15 and partly >= 10 and hidden >= 1, (overlapping, partly, hidden)
+    # every object visible and no overlap allowed: nothing is hidden, nothing dropped
+    clear = DetectionWorld(seed=4, max_overlap=0.0, n_objects=(3, 3), object_px=(12, 30))
+    assert all(s.meta["n_hidden"] == 0 for s in clear.stream(10))
+
+
+def test_detection_knobs():
+    two = DetectionWorld(seed=1, categories=["mug", "car"], n_objects=(4, 4))
+    assert {l for s in two.stream(10) for l in s.labels.tolist()} == {OBJECT_CATEGORIES.index("mug"), OBJECT_CATEGORIES.index("car")}
+    plain = DetectionWorld(seed=1, diversity=0.0, clutter=(0, 0))
+    assert all(s.meta["background"] == "smooth" for s in plain.stream(5))
+    assert DetectionWorld(categories="star").cfg.categories == ("star",)
+    rebuilt = make_world("detection", **{k: v for k, v in two.config().items() if k != "world"})
+    assert digest(rebuilt[3]) == digest(two[3])
+
+
+@pytest.mark.parametrize("name, value", [
+    ("n_objects", (0, 3)), ("n_objects", (5, 2)), ("n_objects", 3), ("object_px", (2, 60)), ("object_px", (12, 200)),
+    ("object_px", (30, 20)), ("max_overlap", 1.5), ("min_visible", -0.1), ("diversity", 2), ("diversity", True),
+    ("clutter", (3, 1)), ("categories", ["dragon"]), ("categories", [])])
+def test_detection_bad_knobs(name, value):
+    assert_names_argument(lambda: DetectionWorld(**{name: value}), name)
+    assert_names_argument(lambda: DetectionConfig(**{name: value}), name)
+
+
+def test_detection_bad_inputs():
+    with pytest.raises(InputError, match="detection world: unknown option.*valid: categories"):
+        DetectionWorld(max_iou=0.2)
+    with pytest.raises(InputError, match="valid sizes: 64, 128, 256"):
+        DetectionWorld(size=96)
+
+
+def test_detection_coco_round_trip(tmp_path):
+    from pycocotools.coco import COCO
+    world = DetectionWorld(seed=6)
+    out = synthesize("detection", 4, tmp_path / "det", seed=6, progress=False)
+    coco = COCO(str(out / "annotations.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(OBJECT_CATEGORIES)
+    assert len(coco.getImgIds()) == 4
+    n_anns = 0
+    for i in range(4):
+        s = world[i]
+        img = coco.loadImgs([i + 1])[0]
+        assert (img["height"], img["width"]) == (128, 128) and img["caption"] == s.meta["caption"]
+        assert np.array_equal(np.asarray(Image.open(out / "images" / img["file_name"])), s.image.permute(1, 2, 0).numpy())
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[i + 1]))
+        assert len(anns) == len(s.labels) >= 1
+        for ann, m, box, l in zip(anns, s.masks.numpy(), s.boxes.tolist(), s.labels.tolist()):
+            x0, y0, x1, y1 = box
+            assert ann["bbox"] == [x0, y0, x1 - x0, y1 - y0] and ann["category_id"] == l + 1 and ann["iscrowd"] == 0
+            assert np.array_equal(coco.annToMask(ann).astype(bool), m) and ann["area"] == int(m.sum())
+        n_anns += len(anns)
+    assert n_anns == len(coco.getAnnIds())
+    info = json.loads((out / "world.json").read_text())
+    assert info["world"] == "detection" and info["size"] == 128 and info["n_objects"] == [2, 8]

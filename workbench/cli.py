@@ -225,9 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("name"); dv.add_argument("--root", help="data root (default: the data_root setting)")
     dv.set_defaults(fn=cmd_data_verify)
     ds = dsub.add_parser("synth", help="materialize a procedural world to disk")
-    ds.add_argument("world", help="aerial or objects")
+    ds.add_argument("world", help="aerial, objects or detection")
     ds.add_argument("--n", type=int, required=True); ds.add_argument("--out", required=True)
-    ds.add_argument("--seed", type=int, default=0); ds.add_argument("--size", type=int, default=64)
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--size", type=int, help="64, 128 or 256 (default: the world's own, 64; 128 for detection)")
     ds.set_defaults(fn=cmd_data_synth)
     _add_sweep_parsers(sub)
     return p

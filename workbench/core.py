@@ -279,7 +279,8 @@ DRY_RUN_CAPS = [
 
 # repetition axes of an experiment, cut to their first entries in a dry run (the axes that are code paths, such as
 # variants, towers, supervisions, models and datasets, keep every entry)
-DRY_RUN_AXES = dict(categories=1, diversities=2, thresholds=2, temperatures=2, sparsities=1, vit_depths=1, resnet_layers=1)
+DRY_RUN_AXES = dict(categories=1, diversities=2, thresholds=2, temperatures=2, sparsities=1, vit_depths=1, resnet_layers=1,
+                    seeds=1)
 
 def dry_run_value(name: str, v):
     """`v` as a dry run uses it: counts named like steps, epochs, batch sizes, `n_*`, `*_every` capped (dict values too),

@@ -185,11 +185,11 @@ def augment_view(image: torch.Tensor, boxes: torch.Tensor, generator: torch.Gene
     return box_erase(x, boxes, generator, cfg.erase_area, cfg.erase_aspect, cfg.erase_boxes)
 
 # %% ../../nbs/51_sparsedet.ipynb #c57c7fbc
-BACKBONES = ("mobilenet_v3_small_fpn", "resnet18_fpn", "resnet50_fpn", "resnet101_fpn")
+BACKBONES = ("mobilenet_v3_small_fpn", "resnet18_fpn", "object_resnet18_fpn", "resnet50_fpn", "resnet101_fpn")
 SMALL_IMAGE = 256   # min_size at or below this gets small-image anchors and proposal counts
 
 class CommonRPNHead(RPNHead):
-    "RPN head on the channel concatenation of two views' features (2C → C 3×3 conv, then objectness and box layers)."
+    "RPN head on both views' features, `[(f_o + f_a)/2, (f_o − f_a)/2]` (2C → C 3×3 conv, then objectness and box layers)."
     def __init__(self, in_channels: int, num_anchors: int):
         super().__init__(in_channels, num_anchors)
         conv = nn.Conv2d(2 * in_channels, in_channels, kernel_size=3, padding=1)
@@ -199,11 +199,11 @@ class CommonRPNHead(RPNHead):
 
     @classmethod
     def from_head(cls, head: RPNHead) -> "CommonRPNHead":
-        "A common head that, on two equal views, computes what `head` computes on one."
+        "A common head that, on two equal views, computes (and learns) what `head` computes on one: conv `[W, 0]` on (sum, difference)."
         conv = head.conv[0][0]
         new = cls(conv.in_channels, head.cls_logits.out_channels).to(conv.weight.device)
         with torch.no_grad():
-            new.conv[0][0].weight.copy_(torch.cat([conv.weight, conv.weight], 1) / 2)
+            new.conv[0][0].weight.copy_(torch.cat([conv.weight, torch.zeros_like(conv.weight)], 1))
             new.conv[0][0].bias.copy_(conv.bias)
         new.cls_logits.load_state_dict(head.cls_logits.state_dict())
         new.bbox_pred.load_state_dict(head.bbox_pred.state_dict())
@@ -224,7 +224,7 @@ class ScoredRPN(RegionProposalNetwork):
         head_in = feats
         if self.common:
             aug = feats if features_aug is None else list(features_aug.values())
-            head_in = [torch.cat([f, a], 1) for f, a in zip(feats, aug)]
+            head_in = [torch.cat([(f + a) / 2, (f - a) / 2], 1) for f, a in zip(feats, aug)]   # sum/difference coordinates
         objectness, deltas = self.head(head_in)
         anchors = self.anchor_generator(images, feats)
         num_anchors_per_level = [o[0].numel() for o in objectness]
@@ -318,6 +318,19 @@ def running_stats_frozen(module: nn.Module):
     finally:
         for m, momentum, n in saved: m.momentum = momentum; m.num_batches_tracked.copy_(n)
 
+def _rng_state(device: torch.device) -> tuple:
+    "The global generators' state that torchvision's samplers draw from on `device` (CPU, and the device's CUDA generator)."
+    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+@contextmanager
+def _replayed_rng(device: torch.device, state: tuple | None):
+    "Run the block from the global random `state` (None: the current one) and leave the global generators as they were before it."
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        if state is not None:
+            torch.set_rng_state(state[0])
+            if state[1] is not None: torch.cuda.set_rng_state(state[1], device)
+        yield
+
 class SparseDetRCNN(GeneralizedRCNN):
     """Faster R-CNN from torchvision's parts. `forward` is torchvision's (baseline, oracle, inference);
     `sparsedet_losses` is SparseDet's training pass. `num_classes` counts object classes (labels 1..num_classes; 0 is background)."""
@@ -360,13 +373,18 @@ class SparseDetRCNN(GeneralizedRCNN):
         "Transform images (and views) alike, run the backbone on each; returns (ImageList, targets, features, view features)."
         if len(self.transform.min_size) != 1:
             raise InputError(f"SparseDet needs one training size (min_size={self.transform.min_size}): both views must be resized alike")
-        B = len(images)
-        il, tg = self.transform(list(images) + list(views or []), list(targets) + (list(targets) if views else []))
-        f_o = self.backbone(il.tensors[:B])
+        il, tg = self.transform(list(images), list(targets))
+        f_o = self.backbone(il.tensors)
         f_a = None
         if views:
-            with running_stats_frozen(self.backbone): f_a = self.backbone(il.tensors[B:])
-        return ImageList(il.tensors[:B], il.image_sizes[:B]), tg[:B], f_o, f_a
+            # the transform draws a training size per image from the global generator; with one size the draw picks nothing,
+            # and forking keeps the stream the samplers draw from the baseline's (an identical view then is the baseline's run)
+            with _replayed_rng(il.tensors.device, None):
+                il_a, _ = self.transform(list(views), [dict(t) for t in targets])
+            if il_a.tensors.shape != il.tensors.shape:
+                raise InputError(f"sparsedet_losses: views resize to {tuple(il_a.tensors.shape)}, images to {tuple(il.tensors.shape)}; give views of the images' sizes")
+            with running_stats_frozen(self.backbone): f_a = self.backbone(il_a.tensors)
+        return il, tg, f_o, f_a
 
     def _box_features(self, features, boxes, sizes):
         return self.roi_heads.box_head(self.roi_heads.box_roi_pool(features, boxes, sizes))
@@ -405,6 +423,7 @@ class SparseDetRCNN(GeneralizedRCNN):
                      for p, s, t in zip(proposals, objectness, t_o)]
             used = [m.above(cfg.tau_ppm) for m in mined]
             protect = [protected_from_negatives(p, s, u, cfg.tau_fg, cfg.tau_obj) for p, s, u in zip(proposals, objectness, used)]
+        rng = _rng_state(dev)       # the augmented branch samples its RoIs from the same random state as the original branch
         losses["loss_classifier"], losses["loss_box_reg"] = self._detection_loss(f_o, proposals, sizes, t_o, protect)
         n_merged = 0
         if cfg.use_aug_branch:
@@ -414,7 +433,8 @@ class SparseDetRCNN(GeneralizedRCNN):
                 for t, (b, s, l) in zip(t_o, zip(*self._detect(f_o, proposals, sizes))):
                     mb, ml, n = merge_ground_truth(t["boxes"], t["labels"], b, s, l, cfg.tau_m, cfg.merge_nms)
                     t_a.append(dict(boxes=mb, labels=ml)); n_merged += n
-            losses["loss_classifier_aug"], losses["loss_box_reg_aug"] = self._detection_loss(f_a, proposals, sizes, t_a, protect)
+            with _replayed_rng(dev, rng):
+                losses["loss_classifier_aug"], losses["loss_box_reg_aug"] = self._detection_loss(f_a, proposals, sizes, t_a, protect)
         if cfg.use_ssl:
             pp = [m.above(cfg.tau_ppm).boxes if m is not None else torch.zeros((0, 4), device=dev) for m in mined]
             if sum(len(b) for b in pp):
@@ -459,6 +479,29 @@ def _resnet_fpn(arch: str, fpn_channels: int, pretrained, weights_dir) -> Backbo
     c = body.inplanes // 8
     return BackboneWithFPN(body, {f"layer{k}": str(k - 1) for k in range(1, 5)}, [c * 2 ** (k - 1) for k in range(1, 5)], fpn_channels)
 
+def _object_resnet_fpn(fpn_channels: int, pretrained) -> BackboneWithFPN:
+    "The workbench's ResNet-18 trunk (through layer3, `models.backbones`) with an FPN on layer1..3 and a pooled level; pretrained: the object-world classifier's weights."
+    from workbench.models.backbones import ObjectResNet, load_trunk
+    body = ObjectResNet(num_classes=0, depth=3)
+    if pretrained:
+        from workbench.models.registry import load_state_dict_strict
+        sd, _ = load_trunk(None if pretrained is True else pretrained)
+        path = "the committed object backbone" if pretrained is True else str(pretrained)
+        load_state_dict_strict(body, sd, path, "wb:object-resnet18")
+        frozen = FrozenBatchNorm2d                               # the pretrained statistics stay, as torchvision does
+        for name, m in list(body.named_modules()):
+            if isinstance(m, nn.BatchNorm2d):
+                f = frozen(m.num_features)
+                f.weight.copy_(m.weight.detach()); f.bias.copy_(m.bias.detach())
+                f.running_mean.copy_(m.running_mean); f.running_var.copy_(m.running_var)
+                parent, _, leaf = name.rpartition(".")
+                setattr(body.get_submodule(parent) if parent else body, leaf, f)
+        log.info("backbone object_resnet18: loaded %s", path)
+    trainable = ["layer3", "layer2"] if pretrained else ["layer3", "layer2", "layer1", "conv1", "bn1"]
+    for name, p in body.named_parameters():
+        if not any(name.startswith(t) for t in trainable): p.requires_grad_(False)
+    return BackboneWithFPN(body, {f"layer{k}": str(k - 1) for k in range(1, 4)}, body.stage_channels, fpn_channels)
+
 def _mobilenet_fpn(fpn_channels: int, pretrained) -> BackboneWithFPN:
     from torchvision.models import mobilenet
     if pretrained:
@@ -473,20 +516,25 @@ def build_detector(num_classes: int, backbone: str = "resnet50_fpn", min_size: i
                    fpn_channels: int | None = None, representation_size: int | None = None, seed: int = 0,
                    weights_dir=None, **detector_kw) -> SparseDetRCNN:
     """A Faster R-CNN for `num_classes` object classes on `backbone` (see `BACKBONES`), initialised from `seed`.
-    `pretrained_backbone`: False (random), True (torchvision ImageNet weights from the weights folder) or a timm weights tag."""
+    `pretrained_backbone`: False (random), True (torchvision ImageNet weights from the weights folder; for
+    `object_resnet18_fpn` the committed `checkpoints/object_resnet18.safetensors`), a timm weights tag, or for
+    `object_resnet18_fpn` the path of another `wb:object-resnet18` checkpoint."""
     one_of("backbone", backbone, BACKBONES)
-    small_net = backbone in ("mobilenet_v3_small_fpn", "resnet18_fpn")
-    fpn_channels = fpn_channels or (64 if small_net else 256)
+    small_net = backbone in ("mobilenet_v3_small_fpn", "resnet18_fpn", "object_resnet18_fpn")
+    fpn_channels = fpn_channels or (128 if backbone == "object_resnet18_fpn" else 64 if small_net else 256)
     representation_size = representation_size or (256 if small_net else 1024)
     small_img = min_size <= SMALL_IMAGE
     if anchor_sizes is None and small_img:   # two scales an octave apart by half: tight matches for small boxes of any size
-        anchor_sizes = tuple((min_size / 16 * 2 ** k, min_size / 16 * 2 ** (k + 0.5)) for k in range(5))
+        n_levels = 4 if backbone == "object_resnet18_fpn" else 5         # strides 4..32 (+ pool) or 4..64
+        anchor_sizes = tuple((min_size / 16 * 2 ** k, min_size / 16 * 2 ** (k + 0.5)) for k in range(n_levels))
     if small_img:
         for k, v in dict(rpn_pre_nms_top_n=(1000, 500), rpn_post_nms_top_n=(300, 300), box_batch_size_per_image=64).items():
             detector_kw.setdefault(k, v)
     with seeded(seed):
         body = (_mobilenet_fpn(fpn_channels, pretrained_backbone) if backbone.startswith("mobilenet")
+                else _object_resnet_fpn(fpn_channels, pretrained_backbone) if backbone == "object_resnet18_fpn"
                 else _resnet_fpn(backbone[:-4], fpn_channels, pretrained_backbone, weights_dir))
+        if backbone == "object_resnet18_fpn": detector_kw.setdefault("feature_names", ("0", "1", "2", "pool"))
         model = SparseDetRCNN(body, num_classes, min_size, max_size, anchor_sizes, representation_size=representation_size, **detector_kw)
     model.config = dict(num_classes=num_classes, backbone=backbone, min_size=min_size, max_size=max_size,
                         pretrained_backbone=pretrained_backbone, anchor_sizes=list(model.rpn.anchor_generator.sizes),

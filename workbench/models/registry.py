@@ -124,7 +124,7 @@ MOVED_MODULES = {"workbench.clip": "workbench.models.clip", "workbench.gan": "wo
 # The modules that register `wb:` architectures, imported on demand when a `wb:` name is not registered yet
 REGISTERING_MODULES = ("workbench.models.gan", "workbench.models.clip", "workbench.models.vits", "workbench.models.coloc",
                        "workbench.methods.distill", "workbench.methods.lift",
-                       "workbench.methods.directions")
+                       "workbench.methods.directions", "workbench.models.backbones")
 
 def _import_all_registering() -> None:
     for m in REGISTERING_MODULES: _import_registering_module(m)
