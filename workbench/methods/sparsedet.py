@@ -482,20 +482,13 @@ def _resnet_fpn(arch: str, fpn_channels: int, pretrained, weights_dir) -> Backbo
 def _object_resnet_fpn(fpn_channels: int, pretrained) -> BackboneWithFPN:
     "The workbench's ResNet-18 trunk (through layer3, `models.backbones`) with an FPN on layer1..3 and a pooled level; pretrained: the object-world classifier's weights."
     from workbench.models.backbones import ObjectResNet, load_trunk
-    body = ObjectResNet(num_classes=0, depth=3)
+    body = ObjectResNet(num_classes=0, depth=3, norm_layer=_norm_layer(bool(pretrained)))   # pretrained: frozen statistics
     if pretrained:
         from workbench.models.registry import load_state_dict_strict
         sd, _ = load_trunk(None if pretrained is True else pretrained)
+        sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}   # frozen batch norm counts nothing
         path = "the committed object backbone" if pretrained is True else str(pretrained)
         load_state_dict_strict(body, sd, path, "wb:object-resnet18")
-        frozen = FrozenBatchNorm2d                               # the pretrained statistics stay, as torchvision does
-        for name, m in list(body.named_modules()):
-            if isinstance(m, nn.BatchNorm2d):
-                f = frozen(m.num_features)
-                f.weight.copy_(m.weight.detach()); f.bias.copy_(m.bias.detach())
-                f.running_mean.copy_(m.running_mean); f.running_var.copy_(m.running_var)
-                parent, _, leaf = name.rpartition(".")
-                setattr(body.get_submodule(parent) if parent else body, leaf, f)
         log.info("backbone object_resnet18: loaded %s", path)
     trainable = ["layer3", "layer2"] if pretrained else ["layer3", "layer2", "layer1", "conv1", "bn1"]
     for name, p in body.named_parameters():

@@ -21,13 +21,13 @@ __all__ = ['log', 'OBJECT_BACKBONE', 'ObjectResNet', 'load_trunk']
 # %% ../../nbs/24d_backbones.ipynb #29d1da70
 class ObjectResNet(nn.Module):
     "torchvision ResNet-18 through `layer{depth}` (default 3: stride 16, 256 channels), global average pool, linear classifier `fc`."
-    def __init__(self, num_classes: int = 8, depth: int = 3):
+    def __init__(self, num_classes: int = 8, depth: int = 3, norm_layer=None):
         super().__init__()
         from torchvision.models import resnet18
         if depth not in (1, 2, 3, 4): raise InputError(f"depth={depth!r}; valid: 1, 2, 3 or 4 (the ResNet stages kept)")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise InputError(f"num_classes={num_classes!r}; valid: an integer >= 0 (0: no classifier)")
-        body = resnet18(weights=None)
+        body = resnet18(weights=None, norm_layer=norm_layer)
         self.depth = depth
         self.conv1, self.bn1, self.relu, self.maxpool = body.conv1, body.bn1, body.relu, body.maxpool
         for k in range(1, depth + 1): setattr(self, f"layer{k}", getattr(body, f"layer{k}"))
